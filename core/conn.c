@@ -1,0 +1,761 @@
+/*
+ * Connections: accept, input buffer management, output chain, flush,
+ * timers and close. The HTTP logic is in http_request.c; this file moves
+ * bytes and decides when a connection has been quiet for too long.
+ */
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "http_request.h"
+#include "log.h"
+#include "worker.h"
+
+#define KOU_OBUF_SIZE     16384
+#define KOU_OUT_HIGH      (256 * 1024)   /* stop parsing pipelined input */
+#define KOU_LINGER_MS     2000
+#define KOU_LINGER_MAX_MS 10000
+#define KOU_ACCEPT_BATCH  64
+#define KOU_IOV_MAX       64
+
+/* Free lists: input buffers and standard output blocks. */
+typedef struct kou_free_s kou_free_t;
+struct kou_free_s {
+    kou_free_t *next;
+};
+
+static kou_free_t *kou_in_free;
+static kou_free_t *kou_obuf_free;
+
+static void kou_conn_ev_handler(kou_ev_t *ev, uint32_t events);
+static void kou_conn_timer_handler(kou_timer_t *t);
+static void kou_conn_post_handler(kou_post_t *p);
+static void kou_conn_finish_run(kou_conn_t *c);
+static void kou_conn_ev_closed(kou_ev_t *ev, uint32_t events);
+static void kou_conn_free_post(kou_post_t *p);
+
+int
+kou_conn_in_alloc(kou_conn_t *c)
+{
+    if (c->in != NULL) {
+        return KOU_OK;
+    }
+    if (kou_in_free != NULL) {
+        c->in = (u_char *) kou_in_free;
+        kou_in_free = kou_in_free->next;
+    } else {
+        c->in = malloc(kou_worker.in_size);
+        if (c->in == NULL) {
+            return KOU_ERROR;
+        }
+    }
+    c->in_size = kou_worker.in_size;
+    c->in_start = c->in_end = 0;
+    return KOU_OK;
+}
+
+static void
+kou_conn_in_release(kou_conn_t *c)
+{
+    kou_free_t *f;
+
+    if (c->in == NULL) {
+        return;
+    }
+    f = (kou_free_t *) c->in;
+    f->next = kou_in_free;
+    kou_in_free = f;
+    c->in = NULL;
+    c->in_start = c->in_end = c->in_size = 0;
+}
+
+static kou_obuf_t *
+kou_obuf_alloc(size_t need)
+{
+    kou_obuf_t *b;
+
+    if (need <= KOU_OBUF_SIZE && kou_obuf_free != NULL) {
+        b = (kou_obuf_t *) kou_obuf_free;
+        kou_obuf_free = kou_obuf_free->next;
+    } else {
+        size_t size = kou_max(need, (size_t) KOU_OBUF_SIZE);
+        b = malloc(sizeof(kou_obuf_t) + size);
+        if (b == NULL) {
+            return NULL;
+        }
+        b->size = size;
+    }
+    b->next = NULL;
+    b->pos = b->last = 0;
+    return b;
+}
+
+static void
+kou_obuf_release(kou_obuf_t *b)
+{
+    kou_free_t *f;
+
+    if (b->size != KOU_OBUF_SIZE) {
+        free(b);
+        return;
+    }
+    f = (kou_free_t *) b;
+    f->next = kou_obuf_free;
+    kou_obuf_free = f;
+}
+
+u_char *
+kou_conn_reserve(kou_conn_t *c, size_t n)
+{
+    kou_obuf_t *b = c->out_tail;
+
+    if (b == NULL || b->size - b->last < n) {
+        b = kou_obuf_alloc(n);
+        if (b == NULL) {
+            return NULL;
+        }
+        if (c->out_tail != NULL) {
+            c->out_tail->next = b;
+        } else {
+            c->out_head = b;
+        }
+        c->out_tail = b;
+    }
+    return b->data + b->last;
+}
+
+void
+kou_conn_commit(kou_conn_t *c, size_t n)
+{
+    c->out_tail->last += n;
+    c->out_bytes += n;
+}
+
+int
+kou_conn_out(kou_conn_t *c, const void *data, size_t n)
+{
+    const u_char *p = data;
+
+    while (n > 0) {
+        kou_obuf_t *b = c->out_tail;
+        size_t      room = b != NULL ? b->size - b->last : 0;
+
+        if (room == 0) {
+            /* big writes get one block; small ones share standard blocks */
+            if (kou_conn_reserve(c, n > KOU_OBUF_SIZE ? n : 1) == NULL) {
+                return KOU_ERROR;
+            }
+            continue;
+        }
+        room = kou_min(room, n);
+        memcpy(b->data + b->last, p, room);
+        kou_conn_commit(c, room);
+        p += room;
+        n -= room;
+    }
+    return KOU_OK;
+}
+
+static void
+kou_conn_out_free(kou_conn_t *c)
+{
+    kou_obuf_t *b, *next;
+
+    for (b = c->out_head; b != NULL; b = next) {
+        next = b->next;
+        kou_obuf_release(b);
+    }
+    c->out_head = c->out_tail = NULL;
+    c->out_bytes = 0;
+}
+
+void
+kou_conn_flush(kou_conn_t *c)
+{
+    struct iovec iov[KOU_IOV_MAX];
+
+    if (c->error) {
+        kou_conn_out_free(c);
+        return;
+    }
+    while (c->out_bytes > 0) {
+        int         n = 0;
+        ssize_t     w;
+        kou_obuf_t *b;
+
+        for (b = c->out_head; b != NULL && n < KOU_IOV_MAX; b = b->next) {
+            if (b->last > b->pos) {
+                iov[n].iov_base = b->data + b->pos;
+                iov[n].iov_len = b->last - b->pos;
+                n++;
+            }
+        }
+        w = writev(c->ev.fd, iov, n);
+        if (w < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EAGAIN) {
+                c->write_blocked = 1;
+                return;
+            }
+            kou_log_debug("client %s: write: %s", c->addr_text,
+                          strerror(errno));
+            c->error = 1;
+            kou_conn_out_free(c);
+            return;
+        }
+        c->out_bytes -= (size_t) w;
+        while (w > 0) {
+            b = c->out_head;
+            size_t left = b->last - b->pos;
+            if ((size_t) w < left) {
+                b->pos += (size_t) w;
+                break;
+            }
+            w -= (ssize_t) left;
+            b->pos = b->last;
+            if (b->next == NULL) {
+                /* keep the tail block for the next response */
+                b->pos = b->last = 0;
+                break;
+            }
+            c->out_head = b->next;
+            kou_obuf_release(b);
+        }
+        if (c->write_blocked) {
+            c->write_blocked = 0;
+            if (c->timer_kind == KOU_TIMER_SEND) {
+                /* progress: the send timeout counts from the last write */
+                kou_timer_add(&c->timer, kou_worker.cf->limits.send_timeout);
+            }
+        }
+    }
+    c->write_blocked = 0;
+    /* An empty chain keeps no block: idle connections hold no memory. */
+    if (c->out_head != NULL && c->r == NULL) {
+        kou_conn_out_free(c);
+    }
+    if (c->r != NULL) {
+        kou_http_output_drained(c);
+    }
+}
+
+ssize_t
+kou_conn_read(kou_conn_t *c)
+{
+    ssize_t total = 0;
+
+    if (kou_conn_in_alloc(c) != KOU_OK) {
+        return KOU_ERROR;
+    }
+    while (c->in_end < c->in_size) {
+        size_t  want = c->in_size - c->in_end;
+        ssize_t n = read(c->ev.fd, c->in + c->in_end, want);
+
+        if (n > 0) {
+            c->in_end += (size_t) n;
+            total += n;
+            if ((size_t) n < want) {
+                /*
+                 * A short read drained the socket: edge-triggered epoll
+                 * reports the next arrival, so skip the read that would
+                 * only say EAGAIN.
+                 */
+                c->readable = 0;
+                break;
+            }
+            continue;
+        }
+        if (n == 0) {
+            c->eof = 1;
+            c->readable = 0;
+            break;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        c->readable = 0;
+        if (errno != EAGAIN) {
+            c->error = 1;
+            c->eof = 1;
+        }
+        break;
+    }
+    return total;
+}
+
+static void
+kou_conn_set_timer(kou_conn_t *c, unsigned kind, uint64_t ms)
+{
+    if (c->timer_kind == kind && kou_timer_armed(&c->timer)
+        && kind == KOU_TIMER_HEADER)
+    {
+        return;  /* the header timeout counts from the first byte */
+    }
+    c->timer_kind = kind;
+    if (kind == KOU_TIMER_NONE) {
+        kou_timer_del(&c->timer);
+    } else {
+        kou_timer_add(&c->timer, ms);
+    }
+}
+
+/* Choose the timer that fits what the connection is waiting for. */
+static void
+kou_conn_update_timer(kou_conn_t *c)
+{
+    const kou_limits_t *l = &kou_worker.cf->limits;
+
+    if (c->state == KOU_CONN_LINGER) {
+        return;
+    }
+    if (c->out_bytes > 0) {
+        if (c->timer_kind != KOU_TIMER_SEND) {
+            kou_conn_set_timer(c, KOU_TIMER_SEND, l->send_timeout);
+        }
+        return;
+    }
+    switch (c->state) {
+    case KOU_CONN_IDLE:
+        if (c->requests == 0) {
+            kou_conn_set_timer(c, KOU_TIMER_HEADER, l->header_timeout);
+        } else if (c->timer_kind != KOU_TIMER_IDLE) {
+            kou_conn_set_timer(c, KOU_TIMER_IDLE, l->idle_timeout);
+        }
+        break;
+    case KOU_CONN_HEAD:
+        kou_conn_set_timer(c, KOU_TIMER_HEADER, l->header_timeout);
+        break;
+    case KOU_CONN_ACTIVE:
+        if (c->r != NULL && !c->r->body_done
+            && (c->r->body_cb != NULL || c->r->resp_done))
+        {
+            if (c->timer_kind != KOU_TIMER_BODY) {
+                kou_conn_set_timer(c, KOU_TIMER_BODY, l->body_timeout);
+            }
+        } else {
+            kou_conn_set_timer(c, KOU_TIMER_NONE, 0);
+        }
+        break;
+    }
+}
+
+/*
+ * After an error response: stop sending, keep reading (and dropping) for a
+ * while so the client reads our response instead of a reset caused by
+ * unread data in our receive queue.
+ */
+static void
+kou_conn_linger(kou_conn_t *c)
+{
+    if (c->error || c->eof) {
+        kou_conn_close(c);
+        return;
+    }
+    shutdown(c->ev.fd, SHUT_WR);
+    c->state = KOU_CONN_LINGER;
+    c->linger_until = kou_loop.now + KOU_LINGER_MAX_MS;
+    c->timer_kind = KOU_TIMER_LINGER;
+    kou_timer_add(&c->timer, KOU_LINGER_MS);
+    kou_conn_post(c);
+}
+
+static void
+kou_conn_linger_read(kou_conn_t *c)
+{
+    u_char  buf[4096];
+    ssize_t n;
+
+    for (;;) {
+        n = read(c->ev.fd, buf, sizeof(buf));
+        if (n > 0) {
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        break;
+    }
+    if (n == 0 || (n < 0 && errno != EAGAIN)
+        || kou_loop.now >= c->linger_until)
+    {
+        kou_conn_close(c);
+        return;
+    }
+    kou_timer_add(&c->timer, KOU_LINGER_MS);
+}
+
+void
+kou_conn_run(kou_conn_t *c)
+{
+    if (c->state == KOU_CONN_LINGER) {
+        kou_conn_linger_read(c);
+        return;
+    }
+
+    c->in_process = 1;
+    for (;;) {
+        kou_request_t *r = c->r;
+
+        if (r != NULL) {
+            if (!r->body_done && (r->body_cb != NULL || r->resp_done)) {
+                if (kou_http_body_feed(r) != KOU_OK) {
+                    break;
+                }
+            }
+            if (r->resp_done && r->body_done) {
+                kou_http_request_finalize(r);
+                continue;
+            }
+            if (!r->body_done && (r->body_cb != NULL || r->resp_done)
+                && c->in_start == c->in_end)
+            {
+                if (c->eof) {
+                    /* the client went away in the middle of its body */
+                    c->error = 1;
+                    break;
+                }
+                if (c->readable && kou_conn_read(c) > 0) {
+                    continue;
+                }
+            }
+            break;  /* waiting for the handler or for input */
+        }
+
+        if (c->closing || c->error) {
+            break;
+        }
+        if (c->out_bytes > KOU_OUT_HIGH) {
+            break;  /* resumed when the output drains */
+        }
+
+        if (c->in_start == c->in_end) {
+            if (c->in != NULL) {
+                c->in_start = c->in_end = 0;
+            }
+            if (c->readable && !c->eof) {
+                ssize_t n = kou_conn_read(c);
+                if (n > 0) {
+                    continue;
+                }
+                if (n < 0) {
+                    c->error = 1;
+                    break;
+                }
+            }
+            c->state = KOU_CONN_IDLE;
+            if (c->eof) {
+                c->closing = 1;
+            }
+            break;
+        }
+
+        c->state = KOU_CONN_HEAD;
+        int rc = kou_http_request_begin(c);
+        if (rc == KOU_AGAIN) {
+            if (c->in_end == c->in_size && c->in_start > 0) {
+                /* make room: the parser keeps offsets, not pointers */
+                memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
+                c->in_end -= c->in_start;
+                c->in_start = 0;
+            }
+            if (c->eof) {
+                c->closing = 1;
+                break;
+            }
+            if (c->readable && c->in_end < c->in_size) {
+                ssize_t n = kou_conn_read(c);
+                if (n > 0) {
+                    continue;
+                }
+            }
+            break;
+        }
+        if (rc != KOU_OK) {
+            break;
+        }
+    }
+    c->in_process = 0;
+    kou_conn_finish_run(c);
+}
+
+/*
+ * The end of every run: write what was produced, then decide between
+ * closing, lingering, waiting for output to drain, or waiting for input.
+ */
+static void
+kou_conn_finish_run(kou_conn_t *c)
+{
+    if (c->error) {
+        kou_conn_close(c);
+        return;
+    }
+    if (c->out_bytes > 0) {
+        kou_conn_flush(c);
+        if (c->error) {
+            kou_conn_close(c);
+            return;
+        }
+        if (c->out_bytes == 0 && c->r != NULL
+            && (c->r->resp_done || c->r->body_cb != NULL))
+        {
+            /* write-done callbacks or a finished response may let us go on */
+            kou_conn_post(c);
+        }
+    }
+    if (c->closing && c->r == NULL) {
+        if (c->out_bytes > 0) {
+            kou_conn_update_timer(c);   /* send timeout while it drains */
+            return;
+        }
+        if (c->linger) {
+            kou_conn_linger(c);
+        } else {
+            kou_conn_close(c);
+        }
+        return;
+    }
+    if (c->r == NULL && c->in_start == c->in_end && c->in != NULL
+        && c->out_bytes == 0)
+    {
+        kou_conn_in_release(c);
+    }
+    if (kou_worker.draining && c->r == NULL && c->out_bytes == 0
+        && c->state == KOU_CONN_IDLE)
+    {
+        kou_conn_close(c);
+        return;
+    }
+    kou_conn_update_timer(c);
+}
+
+static void
+kou_conn_ev_handler(kou_ev_t *ev, uint32_t events)
+{
+    kou_conn_t *c = ev->data;
+
+    if (c->state == KOU_CONN_LINGER) {
+        kou_conn_linger_read(c);
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        c->readable = 1;
+    }
+    if (events & (EPOLLHUP | EPOLLERR)) {
+        if (!(events & EPOLLIN)) {
+            c->error = 1;
+        }
+    }
+    if ((events & EPOLLOUT) && c->out_bytes > 0) {
+        kou_conn_flush(c);
+    }
+    kou_conn_run(c);
+}
+
+static void
+kou_conn_ev_closed(kou_ev_t *ev, uint32_t events)
+{
+    (void) ev;
+    (void) events;
+}
+
+static void
+kou_conn_free_post(kou_post_t *p)
+{
+    free(kou_container_of(p, kou_conn_t, post));
+}
+
+static void
+kou_conn_post_handler(kou_post_t *p)
+{
+    kou_conn_t *c = kou_container_of(p, kou_conn_t, post);
+
+    kou_conn_run(c);
+}
+
+void
+kou_conn_post(kou_conn_t *c)
+{
+    kou_loop_post(&c->post);
+}
+
+static void
+kou_conn_timer_handler(kou_timer_t *t)
+{
+    kou_conn_t *c = t->data;
+
+    switch (c->timer_kind) {
+    case KOU_TIMER_HEADER:
+        if (c->state == KOU_CONN_HEAD && c->in_end > c->in_start) {
+            kou_log_info("client %s: request head not received in time",
+                         c->addr_text);
+            kou_http_error(c, NULL, 408, NULL);
+            kou_conn_run(c);
+            return;
+        }
+        kou_conn_close(c);
+        return;
+    case KOU_TIMER_BODY:
+        kou_log_info("client %s: request body not received in time",
+                     c->addr_text);
+        kou_http_error(c, c->r, 408, NULL);
+        kou_conn_run(c);
+        return;
+    case KOU_TIMER_SEND:
+        kou_log_info("client %s: send timed out", c->addr_text);
+        kou_conn_close(c);
+        return;
+    case KOU_TIMER_LINGER:
+        if (kou_loop.now >= c->linger_until) {
+            kou_conn_close(c);
+            return;
+        }
+        kou_conn_linger_read(c);
+        return;
+    default:
+        kou_conn_close(c);
+        return;
+    }
+}
+
+void
+kou_conn_close(kou_conn_t *c)
+{
+    if (c->r != NULL) {
+        kou_http_request_abort(c->r);
+    }
+    if (c->parsing != NULL) {
+        kou_http_request_free(c->parsing);
+        c->parsing = NULL;
+    }
+    kou_timer_del(&c->timer);
+    kou_loop_unpost(&c->post);
+    kou_conn_out_free(c);
+    kou_conn_in_release(c);
+    /* close() removes the fd from epoll: no epoll_ctl needed */
+    close(c->ev.fd);
+    kou_list_remove(&c->link);
+    kou_worker.nconns--;
+    /*
+     * Freed after the current batch of events: an event for this
+     * connection may still be waiting in the array epoll_wait filled.
+     */
+    c->ev.handler = kou_conn_ev_closed;
+    c->post.handler = kou_conn_free_post;
+    kou_loop_post(&c->post);
+    if (kou_worker.accept_paused && !kou_worker.draining) {
+        kou_worker_accept_resume();
+    }
+}
+
+static void
+kou_conn_addr_text(kou_conn_t *c, const struct sockaddr_storage *ss)
+{
+    const char *t = NULL;
+
+    if (ss->ss_family == AF_INET) {
+        t = inet_ntop(AF_INET, &((const struct sockaddr_in *) ss)->sin_addr,
+                      c->addr_text, sizeof(c->addr_text));
+    } else if (ss->ss_family == AF_INET6) {
+        t = inet_ntop(AF_INET6,
+                      &((const struct sockaddr_in6 *) ss)->sin6_addr,
+                      c->addr_text, sizeof(c->addr_text));
+    }
+    if (t == NULL) {
+        strcpy(c->addr_text, "unix");
+    }
+    c->addr.p = c->addr_text;
+    c->addr.n = strlen(c->addr_text);
+}
+
+void
+kou_conn_accept_handler(kou_ev_t *ev, uint32_t events)
+{
+    kou_listener_t *ls = ev->data;
+
+    for (int i = 0; i < KOU_ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t               len = sizeof(ss);
+        kou_conn_t             *c;
+        int                     fd, one = 1;
+
+        if (kou_worker.nconns >= kou_worker.cf->limits.max_connections) {
+            kou_worker_accept_pause();
+            return;
+        }
+        fd = accept4(ls->ev.fd, (struct sockaddr *) &ss, &len,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) {
+                continue;
+            }
+            if (errno != EAGAIN) {
+                kou_log_error("accept on %s: %s", ls->text, strerror(errno));
+            }
+            return;
+        }
+        c = calloc(1, sizeof(*c));
+        if (c == NULL) {
+            kou_log_error("accept on %s: out of memory", ls->text);
+            close(fd);
+            return;
+        }
+        if (ss.ss_family != AF_UNIX) {
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
+        c->ev.fd = fd;
+        c->ev.handler = kou_conn_ev_handler;
+        c->ev.data = c;
+        c->post.handler = kou_conn_post_handler;
+        kou_timer_init(&c->timer, kou_conn_timer_handler, c);
+        kou_conn_addr_text(c, &ss);
+        kou_list_insert_tail(&kou_worker.conns, &c->link);
+        kou_worker.nconns++;
+
+        if (kou_loop_add(&c->ev, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+            != KOU_OK)
+        {
+            kou_log_error("epoll_ctl: %s", strerror(errno));
+            kou_conn_close(c);
+            continue;
+        }
+        /* Data usually arrives with the connection (deferred accept). */
+        c->readable = 1;
+        kou_conn_run(c);
+    }
+    (void) events;
+}
+
+void
+kou_conn_drain_all(void)
+{
+    kou_list_t *q, *next;
+
+    for (q = kou_worker.conns.next; q != &kou_worker.conns; q = next) {
+        kou_conn_t *c = kou_container_of(q, kou_conn_t, link);
+
+        next = q->next;
+        c->draining = 1;
+        if (c->r == NULL && c->out_bytes == 0
+            && (c->state == KOU_CONN_IDLE || c->in_end == c->in_start))
+        {
+            kou_conn_close(c);
+        }
+    }
+}
+
+void
+kou_conn_close_all(void)
+{
+    while (!kou_list_empty(&kou_worker.conns)) {
+        kou_conn_close(kou_container_of(kou_worker.conns.next, kou_conn_t,
+                                        link));
+    }
+}

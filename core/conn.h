@@ -1,0 +1,129 @@
+/*
+ * Client connections of a worker: accept, buffers, reads, coalesced
+ * writes, timers, lingering close.
+ *
+ * Memory: an idle keep-alive connection owns only its kou_conn_t; the input
+ * buffer comes from a per-worker free list when bytes arrive and goes back
+ * when the connection is idle with nothing buffered. Output goes to a chain
+ * of blocks (also from a free list) written with one writev per batch.
+ */
+
+#ifndef KOU_CONN_H
+#define KOU_CONN_H
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "event.h"
+#include "kou.h"
+#include "timer.h"
+
+typedef struct kou_conn_s kou_conn_t;
+
+typedef struct kou_listener_s {
+    kou_ev_t                ev;
+    char                   *text;     /* address as configured */
+    struct sockaddr_storage addr;
+    socklen_t               addrlen;
+    bool                    active;   /* registered with the loop */
+} kou_listener_t;
+
+typedef struct kou_obuf_s kou_obuf_t;
+struct kou_obuf_s {
+    kou_obuf_t *next;
+    size_t      pos;     /* first byte not yet written */
+    size_t      last;    /* end of data */
+    size_t      size;    /* capacity of data[] */
+    u_char      data[];
+};
+
+typedef enum {
+    KOU_CONN_IDLE = 0,   /* between requests, nothing buffered */
+    KOU_CONN_HEAD,       /* part of a request head received */
+    KOU_CONN_ACTIVE,     /* a request is being served */
+    KOU_CONN_LINGER      /* error sent; reading and dropping before close */
+} kou_conn_state_e;
+
+typedef enum {
+    KOU_TIMER_NONE = 0,
+    KOU_TIMER_HEADER,
+    KOU_TIMER_BODY,
+    KOU_TIMER_IDLE,
+    KOU_TIMER_SEND,
+    KOU_TIMER_LINGER
+} kou_conn_timer_e;
+
+struct kou_conn_s {
+    kou_ev_t        ev;
+    kou_timer_t     timer;
+    kou_post_t      post;        /* resume after an async completion */
+    kou_list_t      link;        /* kou_worker.conns */
+
+    u_char         *in;          /* input buffer or NULL */
+    size_t          in_size;
+    size_t          in_start;    /* first byte not consumed */
+    size_t          in_end;      /* end of received bytes */
+
+    kou_obuf_t     *out_head;
+    kou_obuf_t     *out_tail;
+    size_t          out_bytes;   /* queued, not yet written */
+
+    struct kou_request_s *r;     /* the request being served, or NULL */
+    struct kou_request_s *parsing; /* holds the parser while a head is partial */
+
+    unsigned        state;       /* kou_conn_state_e */
+    unsigned        timer_kind;  /* kou_conn_timer_e */
+    uint64_t        linger_until;
+    uint64_t        requests;    /* served on this connection */
+
+    unsigned        readable:1;    /* more input may be waiting */
+    unsigned        eof:1;         /* the peer shut down its side */
+    unsigned        closing:1;     /* close once the output is written */
+    unsigned        in_process:1;  /* inside kou_conn_run */
+    unsigned        write_blocked:1;
+    unsigned        draining:1;    /* worker is stopping: last response */
+    unsigned        error:1;       /* socket error; drop output */
+    unsigned        linger:1;      /* lingering close after the output */
+
+    char            addr_text[48];
+    kou_str_t       addr;
+};
+
+/* Listener readiness: accept what is queued (runs in a worker). */
+void kou_conn_accept_handler(kou_ev_t *ev, uint32_t events);
+
+/* Queue n bytes for output (copied). KOU_OK or KOU_ERROR (no memory). */
+int kou_conn_out(kou_conn_t *c, const void *data, size_t n);
+
+/*
+ * Reserve n contiguous bytes at the end of the output chain; the caller
+ * writes at most n bytes there and commits how many with kou_conn_commit.
+ */
+u_char *kou_conn_reserve(kou_conn_t *c, size_t n);
+void kou_conn_commit(kou_conn_t *c, size_t n);
+
+/* Write queued output now; sets write_blocked when the kernel is full. */
+void kou_conn_flush(kou_conn_t *c);
+
+/* Process everything that can be processed; flush; set the timer. */
+void kou_conn_run(kou_conn_t *c);
+
+/* Schedule kou_conn_run after the current callback (async completion). */
+void kou_conn_post(kou_conn_t *c);
+
+/* Close at once, aborting any request in flight. */
+void kou_conn_close(kou_conn_t *c);
+
+/* Read into the input buffer. Returns bytes read (0: none), or KOU_ERROR. */
+ssize_t kou_conn_read(kou_conn_t *c);
+
+/* Make sure an input buffer exists. KOU_OK or KOU_ERROR. */
+int kou_conn_in_alloc(kou_conn_t *c);
+
+/* Close idle connections and mark the others to close after their response. */
+void kou_conn_drain_all(void);
+
+/* Close every connection (fast stop). */
+void kou_conn_close_all(void);
+
+#endif /* KOU_CONN_H */

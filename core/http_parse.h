@@ -1,0 +1,139 @@
+/*
+ * The HTTP/1.1 request parser (RFC 9112, RFC 9110): request line, header
+ * block, framing decisions, and the chunked body decoder.
+ *
+ * Zero-copy: every result is a slice of the caller's buffer. Resumable: on
+ * KOU_AGAIN the caller appends bytes and calls again with the whole buffer
+ * (same start, longer length); the parser keeps offsets, not pointers, so the
+ * caller may move the bytes between calls. Slices are valid pointers into the
+ * buffer passed to the call that returned KOU_OK.
+ *
+ * Return values of the parse functions: KOU_OK (complete), KOU_AGAIN (need
+ * more bytes), or the HTTP status the client must get (400, 413, 414, 417,
+ * 431, 501, 505). See DESIGN §3 for which input gets which status.
+ */
+
+#ifndef KOU_HTTP_PARSE_H
+#define KOU_HTTP_PARSE_H
+
+#include "kou.h"
+
+typedef enum {
+    KOU_METHOD_UNKNOWN = 0,   /* a valid token the parser does not know */
+    KOU_METHOD_GET,
+    KOU_METHOD_HEAD,
+    KOU_METHOD_POST,
+    KOU_METHOD_PUT,
+    KOU_METHOD_DELETE,
+    KOU_METHOD_CONNECT,
+    KOU_METHOD_OPTIONS,
+    KOU_METHOD_TRACE,
+    KOU_METHOD_PATCH,
+    KOU_METHOD_COUNT
+} kou_method_e;
+
+typedef enum {
+    KOU_TARGET_ORIGIN = 0,    /* /path?query */
+    KOU_TARGET_ABSOLUTE,      /* http://host:port/path?query */
+    KOU_TARGET_AUTHORITY,     /* host:port, CONNECT only */
+    KOU_TARGET_ASTERISK       /* *, OPTIONS only */
+} kou_target_form_e;
+
+typedef struct {
+    size_t max_request_line;  /* request line without CRLF; over it: 414 */
+    size_t max_header_block;  /* whole head incl. request line; over: 431 */
+    size_t max_headers;       /* field lines; over it: 431 */
+} kou_http_limits_t;
+
+typedef struct {
+    /* ---- input ---- */
+    const kou_http_limits_t *limits;
+    kou_header_t *headers;    /* caller's array of at least limits->max_headers */
+
+    /* ---- private resumable state (offsets into the buffer) ---- */
+    size_t   pos;             /* next byte to examine */
+    size_t   line_start;      /* first byte of the line being scanned */
+    unsigned state;           /* which kind of line pos is in */
+    unsigned flags;           /* what the fields seen so far said */
+
+    /*
+     * ---- results, valid after KOU_OK ----
+     * Until then the slices hold offsets, not pointers: that is what lets
+     * the caller move the bytes between calls.
+     */
+    kou_str_t method;
+    unsigned  method_id;      /* kou_method_e */
+    kou_str_t target;         /* as received */
+    unsigned  target_form;    /* kou_target_form_e */
+    kou_str_t path;           /* raw (still percent-encoded); "" for * and authority-form */
+    kou_str_t query;          /* after '?', without it; empty if none */
+    kou_str_t host;           /* uri-host without port, from the target (absolute/authority form) or Host */
+    kou_str_t port;           /* digits, empty if none */
+    unsigned  version;        /* 10 or 11 (HTTP/1.x with x>1 is 11) */
+    size_t    nheaders;
+    int64_t   content_length; /* -1 when absent */
+    unsigned  chunked:1;          /* Transfer-Encoding: ..., chunked */
+    unsigned  conn_close:1;       /* Connection has "close" */
+    unsigned  conn_keep_alive:1;  /* Connection has "keep-alive" */
+    unsigned  conn_upgrade:1;     /* Connection has "upgrade" */
+    unsigned  expect_continue:1;  /* Expect: 100-continue */
+    size_t    head_len;       /* bytes of request line + fields + final CRLF */
+} kou_http_parser_t;
+
+/* Prepare p for a new request. headers must hold limits->max_headers. */
+void kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
+                          kou_header_t *headers);
+
+/*
+ * Parse the head of a request from buf[0..len). One leading empty line
+ * (CRLF) before the request line is skipped (it counts in head_len). On
+ * KOU_OK the head is p->head_len bytes and the results are filled in; body
+ * bytes (if any) start at buf + p->head_len. Unknown but valid token methods
+ * return KOU_OK with method_id KOU_METHOD_UNKNOWN (the caller decides 501).
+ * Limits are applied to partial input: a request line that already exceeds
+ * the limit without its CRLF gets 414 at once.
+ */
+int kou_http_parse_request(kou_http_parser_t *p, const u_char *buf,
+                           size_t len);
+
+/* The parser implementation in use ("scalar" until SIMD tiers exist). */
+static inline const char *
+kou_http_parser_tier(void)
+{
+    return "scalar";
+}
+
+/* Name of a known method, for logs and Allow. */
+kou_str_t kou_http_method_name(unsigned method_id);
+
+/* ---- chunked body decoder ---- */
+
+typedef struct {
+    unsigned state;
+    uint64_t remaining;       /* bytes left in the current chunk */
+    size_t   trailer_bytes;   /* bytes of trailer field lines seen */
+    size_t   max_trailer;     /* limit for the trailer section; over: 431 */
+} kou_http_chunked_t;
+
+void kou_http_chunked_init(kou_http_chunked_t *ch, size_t max_trailer);
+
+/*
+ * Decode from buf[0..len). Sets *consumed to the bytes consumed and *data to
+ * a slice of chunk payload (possibly empty) found at the start of what was
+ * consumed... precisely: each call consumes framing bytes up to and
+ * including at most one run of payload, which it returns in *data (a slice
+ * of buf). Returns:
+ *   KOU_OK    - *data (maybe empty) delivered; call again with the rest
+ *   KOU_AGAIN - everything given was consumed (*data may hold payload);
+ *               more input is needed
+ *   KOU_DONE  - the last chunk and the trailer section are complete;
+ *               *consumed bytes belong to the body, the rest to the next
+ *               request
+ *   400       - bad chunk-size, chunk-ext, missing CRLF, bad trailer field
+ *   431       - trailer section over max_trailer
+ * Chunk sizes that overflow 64 bits are 400.
+ */
+int kou_http_parse_chunked(kou_http_chunked_t *ch, const u_char *buf,
+                           size_t len, size_t *consumed, kou_str_t *data);
+
+#endif /* KOU_HTTP_PARSE_H */

@@ -1,0 +1,337 @@
+/*
+ * Kourier module ABI.
+ *
+ * This is the only header a module includes. A module is a shared object
+ * that exports exactly one symbol, kourier_module(); the server passes it a
+ * table of host functions (kou_host_t) and receives a description of the
+ * module (kou_module_t). A module links against no symbol of the server.
+ *
+ * Both structures are append-only: fields are never reordered or removed,
+ * new ones go at the end and bump KOU_ABI_MINOR. A module built against an
+ * older minor keeps working; the server refuses a module whose abi_major
+ * differs from its own or whose abi_minor is newer than its own.
+ *
+ * Threading: each worker process is single-threaded. Every callback runs on
+ * the worker's event loop; nothing here is thread-safe and nothing needs to be.
+ */
+
+#ifndef KOURIER_MODULE_H
+#define KOURIER_MODULE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** ABI version this header describes. */
+#define KOU_ABI_MAJOR 1
+#define KOU_ABI_MINOR 0
+
+/** Export macro for the entry function. */
+#define KOU_EXPORT __attribute__((visibility("default")))
+
+/**
+ * Return codes shared by the server and modules. Hooks may also return an
+ * HTTP status (100..599), which the server answers with an error response.
+ */
+#define KOU_OK        0   /**< go on / success */
+#define KOU_ERROR    -1   /**< failure; a hook returning it yields a 500 */
+#define KOU_AGAIN    -2   /**< not ready yet (would block, need more input) */
+#define KOU_DECLINED -3   /**< not mine: the next hook runs; not an error */
+#define KOU_DONE     -4   /**< the response has been produced */
+#define KOU_PENDING  -5   /**< the hook will finish later from a callback */
+
+/** Log levels for kou_host_t.log. */
+#define KOU_LOG_ERR    3
+#define KOU_LOG_WARN   4
+#define KOU_LOG_NOTICE 5
+#define KOU_LOG_INFO   6
+#define KOU_LOG_DEBUG  7
+
+/** Events for kou_host_t.io_add / io_mod (edge-triggered). */
+#define KOU_IO_READ  0x1u
+#define KOU_IO_WRITE 0x2u
+#define KOU_IO_HUP   0x4u  /**< reported only: peer closed or error */
+
+/** A byte string: pointer and length, not NUL-terminated. */
+typedef struct kou_str_s {
+    const char *p;
+    size_t      n;
+} kou_str_t;
+
+/** A string literal as a kou_str_t (an expression). */
+#define KOU_STR(s) ((kou_str_t){ (s), sizeof(s) - 1 })
+
+/** A string literal as a kou_str_t initialiser (for static data). */
+#define KOU_STR_INIT(s) { (s), sizeof(s) - 1 }
+
+/** A header field: name and value, both without surrounding whitespace. */
+typedef struct kou_header_s {
+    kou_str_t name;
+    kou_str_t value;
+} kou_header_t;
+
+/** A request in flight. Opaque: use the accessors in kou_host_t. */
+typedef struct kou_request_s kou_request_t;
+
+/** A node of the parsed configuration. Opaque: use the conf_* accessors. */
+typedef struct kou_conf_s kou_conf_t;
+
+/** A one-shot timer created by kou_host_t.timer_add. */
+typedef struct kou_htimer_s kou_htimer_t;
+
+/** A file descriptor watched by the worker's event loop. */
+typedef struct kou_io_s kou_io_t;
+
+/** Types of configuration values, checked by the server before configure. */
+typedef enum {
+    KOU_CONF_STR,       /**< any scalar, taken as text */
+    KOU_CONF_INT,       /**< decimal integer, optionally negative */
+    KOU_CONF_BOOL,      /**< true/false, on/off, yes/no */
+    KOU_CONF_SIZE,      /**< bytes with optional k/m/g suffix (1024-based) */
+    KOU_CONF_DURATION,  /**< ms/s/m/h suffix; a bare number is seconds */
+    KOU_CONF_LIST,      /**< a YAML sequence (or a single scalar) */
+    KOU_CONF_MAP,       /**< a YAML mapping */
+    KOU_CONF_ANY        /**< not checked */
+} kou_conf_type_e;
+
+/** Where a key may appear. */
+#define KOU_SCOPE_MODULE 0x1u  /**< under modules: NAME: */
+#define KOU_SCOPE_ROUTE  0x2u  /**< in a route handled (or hooked) by the module */
+
+/**
+ * One key of a module's configuration schema. The array ends with an entry
+ * whose key is NULL. The server reports unknown keys, wrong types and missing
+ * required keys with file:line:column before the module sees its config, and
+ * materialises default_value (parsed as `type`) for absent optional keys.
+ */
+typedef struct kou_conf_key_s {
+    const char     *key;
+    kou_conf_type_e type;
+    unsigned        scope;          /**< KOU_SCOPE_* bits */
+    int             required;
+    const char     *default_value;  /**< NULL: no default */
+    const char     *help;           /**< one line, for docs and errors */
+} kou_conf_key_t;
+
+/**
+ * A request-phase hook. module_state is what configure() produced;
+ * route_state is what configure_route() produced for the matched route (NULL
+ * when the module has no configure_route). Returns KOU_OK / KOU_DECLINED (go
+ * on), KOU_DONE (a response was produced), KOU_PENDING (it will be produced
+ * later from a callback), KOU_ERROR (500) or an HTTP status >= 400.
+ */
+typedef int (*kou_hook_pt)(kou_request_t *r, void *module_state,
+                           void *route_state);
+
+/** Body data callback: `last` is 1 on the final call (data may be empty). */
+typedef void (*kou_body_pt)(kou_request_t *r, kou_str_t data, int last,
+                            void *arg);
+
+/** Generic callbacks. */
+typedef void (*kou_callback_pt)(void *arg);
+typedef void (*kou_write_done_pt)(kou_request_t *r, void *arg);
+typedef void (*kou_io_pt)(kou_io_t *io, int fd, unsigned events, void *arg);
+
+/**
+ * The server's function table, passed to kourier_module(). Valid for the
+ * life of the process. Check `size` before using a field added after the
+ * minor version you were built against.
+ */
+typedef struct kou_host_s {
+    uint32_t abi_major;
+    uint32_t abi_minor;
+    size_t   size;              /**< sizeof(kou_host_t) in the server */
+
+    /* ---- logging ---- */
+
+    /** Write a line to the error log (no trailing newline needed). */
+    void (*log)(int level, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+
+    /* ---- configuration (validated against the schema already) ---- */
+
+    /** The value of `key` in a mapping node, or NULL if absent. */
+    const kou_conf_t *(*conf_get)(const kou_conf_t *map, const char *key);
+    /** A scalar as text (NUL-terminated, owned by the config). */
+    int (*conf_str)(const kou_conf_t *node, kou_str_t *out);
+    int (*conf_int)(const kou_conf_t *node, int64_t *out);
+    int (*conf_bool)(const kou_conf_t *node, int *out);
+    int (*conf_size)(const kou_conf_t *node, uint64_t *out);
+    /** A duration in milliseconds. */
+    int (*conf_duration)(const kou_conf_t *node, uint64_t *out_ms);
+    /** Number of items of a list or entries of a map; 1 for a scalar. */
+    size_t (*conf_len)(const kou_conf_t *node);
+    /**
+     * Item i of a list (a scalar counts as a one-item list) or value i of a
+     * map; for a map, *key receives the key when key is not NULL.
+     */
+    const kou_conf_t *(*conf_at)(const kou_conf_t *node, size_t i,
+                                 kou_str_t *key);
+    /**
+     * Format "file:line:col: message" for `node` into err (for configure
+     * errors). Returns KOU_ERROR so callers can `return host->conf_error(...)`.
+     */
+    int (*conf_error)(const kou_conf_t *node, char *err, size_t errlen,
+                      const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+
+    /* ---- request ---- */
+
+    kou_str_t (*method)(kou_request_t *r);
+    /** The request-target exactly as received. */
+    kou_str_t (*target)(kou_request_t *r);
+    /** The normalised, percent-decoded path used for routing. */
+    kou_str_t (*path)(kou_request_t *r);
+    /** The query string without '?', empty when there is none. */
+    kou_str_t (*query)(kou_request_t *r);
+    /** Host from the Host field or the absolute-form target. */
+    kou_str_t (*host)(kou_request_t *r);
+    /** 10 for HTTP/1.0, 11 for HTTP/1.1. */
+    int (*version)(kou_request_t *r);
+    size_t (*header_count)(kou_request_t *r);
+    /** Field i in the order received; KOU_OK or KOU_DECLINED past the end. */
+    int (*header_at)(kou_request_t *r, size_t i, kou_header_t *out);
+    /** The nth (0-based) field named `name` (case-insensitive). */
+    int (*header)(kou_request_t *r, kou_str_t name, size_t nth,
+                  kou_str_t *value);
+    /** Declared body length, -1 when chunked, 0 when there is no body. */
+    int64_t (*content_length)(kou_request_t *r);
+    /** The client address as text ("127.0.0.1", "::1", "unix"). */
+    kou_str_t (*remote_addr)(kou_request_t *r);
+    /** The matched route's path or prefix as written in the config. */
+    kou_str_t (*route)(kou_request_t *r);
+    /**
+     * Memory that lives until the request ends; NULL when out of memory.
+     * Aligned for any type.
+     */
+    void *(*palloc)(kou_request_t *r, size_t n);
+    /**
+     * Run cb(arg) when the request ends, normally or aborted (client gone,
+     * timeout, worker exit). Callbacks run in reverse order of registration.
+     * This is where a pending handler stops its timers and closes its fds.
+     */
+    int (*cleanup_add)(kou_request_t *r, kou_callback_pt cb, void *arg);
+
+    /* ---- request body ---- */
+
+    /**
+     * Stream the body to on_data: de-chunked, in pieces as they arrive, the
+     * last call with last=1. Sends "100 Continue" first if the client asked
+     * for it. on_data may run before read_body returns. Framing errors,
+     * timeouts and the size limit are answered by the server (400/408/413);
+     * the handler then sees only its cleanup callbacks. Returns KOU_OK, or
+     * KOU_ERROR if called twice or after the response started.
+     */
+    int (*read_body)(kou_request_t *r, kou_body_pt on_data, void *arg);
+
+    /* ---- response: the server does the framing ---- */
+
+    /**
+     * A complete response with a body of known length. Content-Length,
+     * Transfer-Encoding and Connection fields in `headers` are ignored (the
+     * server frames the message), except that "Connection: close" closes the
+     * connection after the response. Names must be tokens and values must
+     * not contain CR, LF or NUL, or KOU_ERROR is returned and nothing is sent.
+     */
+    int (*respond)(kou_request_t *r, int status, const kou_header_t *headers,
+                   size_t nheaders, kou_str_t body);
+    /**
+     * Start a streamed response. length >= 0: exactly that many bytes will be
+     * written; -1: unknown (chunked for HTTP/1.1, close-delimited for 1.0).
+     */
+    int (*start)(kou_request_t *r, int status, const kou_header_t *headers,
+                 size_t nheaders, int64_t length);
+    /**
+     * Queue body bytes (copied). If done is not NULL it runs once the queued
+     * output has gone to the kernel: the way to apply back-pressure.
+     * KOU_ERROR if the connection is gone or too many bytes for the length.
+     */
+    int (*write)(kou_request_t *r, kou_str_t data, kou_write_done_pt done,
+                 void *arg);
+    /** End a streamed response. */
+    int (*finish)(kou_request_t *r);
+    /** Add a response field; valid until the status line is sent. */
+    int (*response_header_add)(kou_request_t *r, kou_str_t name,
+                               kou_str_t value);
+    /** Response status once decided (0 before). */
+    int (*response_status)(kou_request_t *r);
+
+    /* ---- the worker's event loop ---- */
+
+    /** Milliseconds of the loop's clock (cached per iteration). */
+    uint64_t (*now_ms)(void);
+    /**
+     * A one-shot timer firing cb(arg) after ms milliseconds. The timer is
+     * freed after it fires; do not timer_del it then. NULL when out of memory.
+     */
+    kou_htimer_t *(*timer_add)(uint64_t ms, kou_callback_pt cb, void *arg);
+    void (*timer_del)(kou_htimer_t *t);
+    /**
+     * Watch fd (non-blocking) for KOU_IO_* events, edge-triggered: after an
+     * event, read/write until EAGAIN. NULL on failure.
+     */
+    kou_io_t *(*io_add)(int fd, unsigned events, kou_io_pt cb, void *arg);
+    int (*io_mod)(kou_io_t *io, unsigned events);
+    /** Stop watching; does not close the fd. */
+    void (*io_del)(kou_io_t *io);
+} kou_host_t;
+
+/**
+ * What a module is. Returned by kourier_module(); must stay valid while the
+ * module is loaded (a static const object is the usual choice).
+ */
+typedef struct kou_module_s {
+    uint32_t    abi_major;    /**< KOU_ABI_MAJOR */
+    uint32_t    abi_minor;    /**< KOU_ABI_MINOR */
+    size_t      size;         /**< sizeof(kou_module_t) */
+    const char *name;
+    const char *version;
+    const kou_conf_key_t *conf;  /**< schema, NULL-key terminated; may be NULL */
+
+    /**
+     * Build the module's state from its validated config (the map under
+     * modules: NAME:). Runs in each worker and in the validation child.
+     * Returns KOU_OK, or KOU_ERROR with a message in err.
+     */
+    int (*configure)(const kou_conf_t *conf, void **state, char *err,
+                     size_t errlen);
+    /** Build per-route state for a route that uses the module. */
+    int (*configure_route)(void *state, const kou_conf_t *route,
+                           void **route_state, char *err, size_t errlen);
+    /** After configuration, in the worker, before serving. */
+    int (*worker_init)(void *state);
+    /** When the worker exits. */
+    void (*worker_exit)(void *state);
+
+    kou_hook_pt request;   /**< after the header block, before content */
+    kou_hook_pt content;   /**< the route's handler */
+    kou_hook_pt response;  /**< before the status line goes out */
+    kou_hook_pt log;       /**< after the response is complete */
+
+    /**
+     * Free what configure_route produced (may be NULL). Runs before the
+     * module is unloaded, in every process that configured it.
+     */
+    void (*route_free)(void *state, void *route_state);
+    /** Free what configure produced (may be NULL); runs after route_free. */
+    void (*destroy)(void *state);
+} kou_module_t;
+
+/** Initialiser for the first five fields of kou_module_t. */
+#define KOU_MODULE_HEADER(name, version) \
+    KOU_ABI_MAJOR, KOU_ABI_MINOR, sizeof(kou_module_t), (name), (version)
+
+/** The one symbol a module exports. */
+typedef const kou_module_t *(*kou_module_entry_pt)(const kou_host_t *host);
+#define KOU_MODULE_ENTRY "kourier_module"
+
+KOU_EXPORT const kou_module_t *kourier_module(const kou_host_t *host);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KOURIER_MODULE_H */
