@@ -1425,7 +1425,10 @@ kou_conf_listen_entry(kou_conf_ctx_t *c, const kou_conf_t *entry,
             if (n->type != KOU_NODE_MAP) {
                 return kou_conf_bad(c, n, "tls", "a mapping of TLS settings");
             }
-            lc->tls = n;
+            /* refused rather than ignored: it would serve plain HTTP */
+            return kou_conf_error(n, c->err, c->errlen,
+                                  "tls: TLS listeners are not supported by "
+                                  "this build yet");
         }
     }
     if (kou_conf_addr(c, addr, lc) != KOU_OK) {

@@ -337,7 +337,9 @@ kou_conn_update_timer(kou_conn_t *c)
         if (c->r != NULL && !c->r->body_done
             && (c->r->body_cb != NULL || c->r->resp_done))
         {
-            if (c->timer_kind != KOU_TIMER_BODY) {
+            /* body_timeout is the longest pause between two reads */
+            if (c->timer_kind != KOU_TIMER_BODY || c->r->body_progress) {
+                c->r->body_progress = 0;
                 kou_conn_set_timer(c, KOU_TIMER_BODY, l->body_timeout);
             }
         } else {
@@ -528,7 +530,7 @@ kou_conn_finish_run(kou_conn_t *c)
         kou_conn_in_release(c);
     }
     if (kou_worker.draining && c->r == NULL && c->out_bytes == 0
-        && c->state == KOU_CONN_IDLE)
+        && c->state == KOU_CONN_IDLE && c->requests > 0)
     {
         kou_conn_close(c);
         return;
@@ -680,6 +682,9 @@ kou_conn_accept_handler(kou_ev_t *ev, uint32_t events)
 {
     kou_listener_t *ls = ev->data;
 
+    if (!ls->active) {
+        return;  /* closed by a drain earlier in this batch of events */
+    }
     for (int i = 0; i < KOU_ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
         socklen_t               len = sizeof(ss);
@@ -743,8 +748,13 @@ kou_conn_drain_all(void)
 
         next = q->next;
         c->draining = 1;
-        if (c->r == NULL && c->out_bytes == 0
-            && (c->state == KOU_CONN_IDLE || c->in_end == c->in_start))
+        /*
+         * Only connections idle after a response are closed now. A fresh
+         * one has not sent its first request yet but its client is about
+         * to: it gets that request answered (with Connection: close).
+         */
+        if (c->r == NULL && c->out_bytes == 0 && c->requests > 0
+            && c->state == KOU_CONN_IDLE && c->in_end == c->in_start)
         {
             kou_conn_close(c);
         }

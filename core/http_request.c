@@ -377,8 +377,9 @@ kou_http_dispatch(kou_request_t *r)
         char allow[256];
 
         if (rc == 405) {
-            kou_router_allow(kou_worker.router, p->host, route, allow,
-                             sizeof(allow));
+            size_t n = kou_router_allow(kou_worker.router, p->host, route,
+                                        allow, sizeof(allow) - 1);
+            allow[n] = '\0';
         }
         kou_http_fail(r, rc, rc == 405 ? allow : NULL);
         return;
@@ -492,6 +493,7 @@ kou_http_body_feed(kou_request_t *r)
             size_t take = (size_t) kou_min((uint64_t) n, r->body_left);
 
             c->in_start += take;
+            r->body_progress = 1;
             r->body_left -= take;
             r->body_seen += take;
             if (r->body_left == 0) {
@@ -513,6 +515,7 @@ kou_http_body_feed(kou_request_t *r)
             return KOU_ERROR;
         }
         c->in_start += consumed;
+        r->body_progress = 1;
         r->body_seen += data.n;
         if (r->body_seen > r->max_body) {
             kou_log_info("client %s: body over %llu bytes", c->addr_text,

@@ -54,6 +54,7 @@ struct kou_request_s {
     void                   *body_arg;
     unsigned                body_done:1;
     unsigned                body_wanted:1;
+    unsigned                body_progress:1;  /* bytes since the timer was armed */
 
     /* response */
     unsigned                head_sent:1;

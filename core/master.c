@@ -86,6 +86,7 @@ typedef struct {
     uint64_t         stop_deadline;
     bool             killed;
     bool             starting;         /* the first generation */
+    bool             failed;           /* it did not start: exit 1 */
     int              daemon_fd;        /* tell the parent we are up */
     uint64_t         verdict_seq;
 } kou_master_t;
@@ -576,6 +577,9 @@ kou_master_reload_start(void)
         kou_master_reload_abort(err);
         return;
     }
+    if (M.opts->foreground) {
+        cf->error_log = (char *) "stderr";
+    }
     if (kou_master_validate(cf, err, sizeof(err)) != KOU_OK) {
         kou_config_free(cf);
         kou_master_reload_abort(err);
@@ -748,6 +752,7 @@ kou_master_reap(void)
             }
             kou_log_error("%s", msg);
             if (M.starting) {
+                M.failed = true;
                 kou_master_remove(p);
                 M.stopping = SIGTERM;
                 M.stop_deadline = kou_mono_ms() + KOU_TERM_GRACE_MS;
@@ -975,6 +980,10 @@ kou_master_run(const kou_master_opts_t *opts, kou_config_t *cf)
     memset(&M, 0, sizeof(M));
     M.opts = opts;
     M.cf = cf;
+    if (opts->foreground) {
+        /* -F: the log is stderr whatever the config says (also on reopen) */
+        cf->error_log = (char *) "stderr";
+    }
     M.daemon_fd = -1;
     M.sfd = -1;
     M.gen = 1;
@@ -1144,5 +1153,5 @@ kou_master_run(const kou_master_opts_t *opts, kou_config_t *cf)
     kou_log_notice("exit");
     kou_config_free(M.cf);
     close(M.sfd);
-    return 0;
+    return M.failed ? 1 : 0;
 }

@@ -373,8 +373,10 @@ kou_path_normalize(const u_char *src, size_t n, u_char *dst,
 
     /*
      * Pass 1: percent-decoding. "%2F" stays encoded so that it can never
-     * split a segment, and in one spelling so that routes compare it
-     * byte for byte. The output is never longer than the input.
+     * split a segment, and "%25" too: decoded, "%252F" would read as an
+     * encoded slash and "/a%25" could not be told from a bad escape. Both
+     * are kept in one spelling so that routes compare them byte for byte.
+     * The output is never longer than the input.
      */
     for (size_t i = 0; i < n; i++) {
         u_char c = src[i];
@@ -392,10 +394,10 @@ kou_path_normalize(const u_char *src, size_t n, u_char *dst,
             }
             c = (u_char) (hi << 4 | lo);
             i += 2;
-            if (c == '/') {
+            if (c == '/' || c == '%') {
                 dst[m++] = '%';
                 dst[m++] = '2';
-                dst[m++] = 'F';
+                dst[m++] = c == '/' ? 'F' : '5';
                 continue;
             }
         }

@@ -63,9 +63,11 @@ bool kou_router_knows_method(const kou_router_t *rt, kou_str_t method);
 
 /*
  * Normalise a raw origin-form path into dst (which has room for n bytes):
- * percent-decode every %HH except "%2F" (kept encoded, upper-case, so it
- * never acts as a separator) and except encoded NUL (400); remove "." and
- * ".." segments (RFC 3986 §5.2.4); merge nothing else. A ".." that would
+ * percent-decode every %HH except "%2F" and "%25" (kept encoded, upper-case:
+ * a '/' so that it never acts as a separator, a '%' so that the result
+ * cannot be mistaken for an escape) and except encoded NUL (400); remove
+ * "." and ".." segments (RFC 3986 §5.2.4); merge nothing else. The only '%'
+ * left in the result therefore starts "%2F" or "%25". A ".." that would
  * climb above the root, a path not starting with '/', or a bad %-escape
  * returns 400. On KOU_OK *dst_len is set.
  */

@@ -283,9 +283,11 @@ kou_worker_main(kou_config_t *cf, const int *listen_fds, int ready_fd,
         }
     }
 
-    kou_modules_worker_exit(kou_worker.mods);
+    /* requests first: their cleanups may still call into the modules */
     kou_conn_close_all();
     kou_loop_once(0);   /* run deferred frees */
+    kou_modules_worker_exit(kou_worker.mods);
+    kou_modules_unload(kou_worker.mods);
     kou_log_info("worker %d exiting", (int) getpid());
     /* exit(), not _exit(): sanitizer builds check the worker for leaks */
     exit(0);

@@ -183,7 +183,10 @@ typedef struct kou_host_s {
     kou_str_t (*method)(kou_request_t *r);
     /** The request-target exactly as received. */
     kou_str_t (*target)(kou_request_t *r);
-    /** The normalised, percent-decoded path used for routing. */
+    /**
+     * The normalised path used for routing: percent-decoded except "%2F"
+     * and "%25", which stay encoded so the path is unambiguous.
+     */
     kou_str_t (*path)(kou_request_t *r);
     /** The query string without '?', empty when there is none. */
     kou_str_t (*query)(kou_request_t *r);

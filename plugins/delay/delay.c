@@ -19,12 +19,9 @@
 
 #include <kourier/module.h>
 
-typedef struct kou_delay_route_s kou_delay_route_t;
-
-struct kou_delay_route_s {
-    uint64_t           ms;
-    kou_delay_route_t *next;    /* every route state, for unloading */
-};
+typedef struct {
+    uint64_t ms;
+} kou_delay_route_t;
 
 /* One per pending request, from the request's pool. */
 typedef struct {
@@ -35,9 +32,6 @@ typedef struct {
 } kou_delay_ctx_t;
 
 static const kou_host_t *kou_delay_host;
-
-/* See hello.c: the ABI has no per-route destructor, so unload frees. */
-static kou_delay_route_t *kou_delay_routes;
 
 static const kou_conf_key_t kou_delay_conf[] = {
     { "delay", KOU_CONF_DURATION, KOU_SCOPE_ROUTE, 0, "250ms",
@@ -67,9 +61,6 @@ kou_delay_configure_route(void *state, const kou_conf_t *route,
                                 "delay: cannot read \"delay\"");
     }
 
-    dr->next = kou_delay_routes;
-    kou_delay_routes = dr;
-
     *route_state = dr;
     return KOU_OK;
 }
@@ -78,8 +69,7 @@ static void
 kou_delay_fire(void *arg)
 {
     static const kou_header_t text[] = {
-        { { "Content-Type", sizeof("Content-Type") - 1 },
-          { "text/plain", sizeof("text/plain") - 1 } }
+        { KOU_STR_INIT("Content-Type"), KOU_STR_INIT("text/plain") }
     };
     const kou_host_t *host = kou_delay_host;
     kou_delay_ctx_t  *ctx = arg;
@@ -145,16 +135,12 @@ kou_delay_content(kou_request_t *r, void *state, void *route_state)
     return KOU_PENDING;
 }
 
-__attribute__((destructor)) static void
-kou_delay_unload(void)
+static void
+kou_delay_route_free(void *state, void *route_state)
 {
-    kou_delay_route_t *dr;
+    (void) state;
 
-    while (kou_delay_routes != NULL) {
-        dr = kou_delay_routes;
-        kou_delay_routes = dr->next;
-        free(dr);
-    }
+    free(route_state);
 }
 
 static const kou_module_t kou_delay_module = {
@@ -162,6 +148,7 @@ static const kou_module_t kou_delay_module = {
     .conf = kou_delay_conf,
     .configure_route = kou_delay_configure_route,
     .content = kou_delay_content,
+    .route_free = kou_delay_route_free,
 };
 
 KOU_EXPORT const kou_module_t *

@@ -101,8 +101,7 @@ static void
 kou_echo_answer(kou_request_t *r, kou_echo_ctx_t *ctx)
 {
     static const kou_header_t json[] = {
-        { { "Content-Type", sizeof("Content-Type") - 1 },
-          { "application/json", sizeof("application/json") - 1 } }
+        { KOU_STR_INIT("Content-Type"), KOU_STR_INIT("application/json") }
     };
     const kou_host_t *host = kou_echo_host;
     kou_str_t         method, target, version, body;

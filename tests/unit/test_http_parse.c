@@ -1284,6 +1284,9 @@ feed_chunked(const char *in, size_t len, size_t maxtr, const size_t *cuts,
         do {
             rc = kou_http_parse_chunked(&ch, b, piece, &got, &d);
             ck_assert(got <= piece);
+            /* KOU_OK means "call again with the rest": there is a rest */
+            ck_assert(rc != KOU_OK || got < piece);
+            ck_assert(rc != KOU_AGAIN || got == piece);
             ck_assert((uintptr_t) d.p >= (uintptr_t) b
                       && (uintptr_t) d.p + d.n <= (uintptr_t) b + got);
             memcpy(out + *outn, d.p, d.n);

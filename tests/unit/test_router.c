@@ -4,6 +4,7 @@
  */
 
 #include <check.h>
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -411,7 +412,13 @@ static const kou_t_norm_t kou_t_norms[] = {
     { "/a/b", KOU_OK, "/a/b" },
     { "/%41", KOU_OK, "/A" },
     { "/%7e%7E", KOU_OK, "/~~" },
-    { "/%25", KOU_OK, "/%" },
+    { "/%25", KOU_OK, "/%25" },
+    { "/100%25", KOU_OK, "/100%25" },
+    { "/%25%2f", KOU_OK, "/%25%2F" },
+    { "/a%252F", KOU_OK, "/a%252F" },
+    { "/a%252f", KOU_OK, "/a%252f" },
+    { "/a%2525", KOU_OK, "/a%2525" },
+    { "/a%25%", 400, NULL },
     { "/a%2fb", KOU_OK, "/a%2Fb" },
     { "/a%2Fb", KOU_OK, "/a%2Fb" },
     { "/a/..%2fb", KOU_OK, "/a/..%2Fb" },
@@ -437,6 +444,11 @@ static const kou_t_norm_t kou_t_norms[] = {
     { "/a/%2E%2e/b", KOU_OK, "/b" },
     { "/a/.%2e", KOU_OK, "/" },
     { "/a/%2e/b", KOU_OK, "/a/b" },
+    { "/a%2e%2e/", KOU_OK, "/a../" },
+    { "/a/%2e%2e/", KOU_OK, "/" },
+    { "/a/%25/%2e%2e/b", KOU_OK, "/a/b" },
+    { "/a/%252e%252e/b", KOU_OK, "/a/%252e%252e/b" },
+    { "/a/%25%2e/b", KOU_OK, "/a/%25./b" },
     { "/a/.", KOU_OK, "/a/" },
     { "/a/..", KOU_OK, "/" },
     { "/a/b/..", KOU_OK, "/a/" },
@@ -478,6 +490,49 @@ START_TEST(test_normalize_cases)
 }
 END_TEST
 
+/*
+ * Every escape, in both cases of hex digit: it decodes to its byte, except
+ * that a '/' or a '%' comes out as "%2F" or "%25" (so a '%' in the result
+ * always starts one of those two) and a NUL is refused.
+ */
+START_TEST(test_normalize_every_escape)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    for (unsigned v = 0; v < 256; v++) {
+        for (int upper = 0; upper < 2; upper++) {
+            u_char src[6], dst[6];
+            size_t len = 0;
+            int    rc;
+
+            src[0] = '/';
+            src[1] = 'x';
+            src[2] = '%';
+            src[3] = (u_char) (upper ? toupper(hex[v >> 4]) : hex[v >> 4]);
+            src[4] = (u_char) (upper ? toupper(hex[v & 15]) : hex[v & 15]);
+            src[5] = 'y';
+            rc = kou_path_normalize(src, sizeof(src), dst, &len);
+
+            if (v == 0) {
+                ck_assert_int_eq(rc, 400);
+                continue;
+            }
+            ck_assert_msg(rc == KOU_OK, "%%%02x: rc %d", v, rc);
+            if (v == '/' || v == '%') {
+                ck_assert_uint_eq(len, 6);
+                ck_assert_int_eq(memcmp(dst, v == '/' ? "/x%2Fy" : "/x%25y",
+                                        6), 0);
+            } else {
+                ck_assert_uint_eq(len, 4);
+                ck_assert_int_eq(memcmp(dst, "/x", 2), 0);
+                ck_assert_uint_eq(dst[2], v);
+                ck_assert_uint_eq(dst[3], 'y');
+            }
+        }
+    }
+}
+END_TEST
+
 START_TEST(test_normalize_then_route)
 {
     static const struct {
@@ -491,10 +546,14 @@ START_TEST(test_normalize_then_route)
         { "/%61pi/x", KOU_OK, 0 },
         { "/api/%2e%2e/admin/", KOU_OK, 1 },
         { "/admin/./", KOU_OK, 1 },
+        { "/100%25", KOU_OK, 2 },
+        { "/100%2525", 404, -1 },
+        { "/%31%30%30%25", KOU_OK, 2 },
     };
 
     kou_t_route("/api", true, 0);
     kou_t_route("/admin/", true, 0);
+    kou_t_route("/100%25", false, 0);
     kou_t_build();
     for (size_t i = 0; i < kou_nelem(cases); i++) {
         u_char buf[64];
@@ -543,6 +602,7 @@ kou_router_suite(void)
 
     tcase_add_loop_test(tn, test_normalize_cases, 0,
                         (int) kou_nelem(kou_t_norms));
+    tcase_add_test(tn, test_normalize_every_escape);
     suite_add_tcase(s, tn);
     return s;
 }
