@@ -519,6 +519,16 @@ kou_master_spawn_generation(kou_config_t *cf, uint64_t gen, const int *fds)
     return KOU_OK;
 }
 
+/* p was told to stop: its shutdown_timeout backstop counts from now. */
+static void
+kou_master_draining(kou_proc_t *p)
+{
+    if (p->state != KOU_PROC_DRAINING) {
+        p->state = KOU_PROC_DRAINING;
+        p->started = kou_mono_ms();
+    }
+}
+
 static void
 kou_master_signal_gen(uint64_t gen, int sig, unsigned new_state)
 {
@@ -526,8 +536,7 @@ kou_master_signal_gen(uint64_t gen, int sig, unsigned new_state)
         if (M.procs[i].gen == gen) {
             kill(M.procs[i].pid, sig);
             if (new_state == KOU_PROC_DRAINING) {
-                M.procs[i].state = KOU_PROC_DRAINING;
-                M.procs[i].started = kou_mono_ms();
+                kou_master_draining(&M.procs[i]);
             }
         }
     }
@@ -834,7 +843,7 @@ kou_master_signals(void)
                                   + KOU_TERM_GRACE_MS;
                 for (size_t i = 0; i < M.nprocs; i++) {
                     kill(M.procs[i].pid, SIGQUIT);
-                    M.procs[i].state = KOU_PROC_DRAINING;
+                    kou_master_draining(&M.procs[i]);
                 }
             }
             break;
@@ -846,7 +855,7 @@ kou_master_signals(void)
                 M.stop_deadline = kou_mono_ms() + KOU_TERM_GRACE_MS;
                 for (size_t i = 0; i < M.nprocs; i++) {
                     kill(M.procs[i].pid, SIGTERM);
-                    M.procs[i].state = KOU_PROC_DRAINING;
+                    kou_master_draining(&M.procs[i]);
                 }
             }
             break;
