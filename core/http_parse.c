@@ -24,6 +24,8 @@
  * before it is classified again.
  */
 
+#include <stdlib.h>
+
 #include "http_parse.h"
 
 /* Where p->pos stands. */
@@ -754,8 +756,9 @@ kou_http_field_connection(kou_http_parser_t *p, const u_char *buf,
 
 /*
  * Expect (RFC 9110 §10.1.1): 100-continue is the only expectation there
- * is; any other member is remembered and answered 417 once the rest of the
- * head has proved well-formed.
+ * is, and an HTTP/1.0 client cannot read a 100 response, so from it the
+ * expectation is ignored. Any other member is remembered and answered 417
+ * once the rest of the head has proved well-formed.
  */
 static void
 kou_http_field_expect(kou_http_parser_t *p, const u_char *buf, size_t i,
@@ -765,7 +768,7 @@ kou_http_field_expect(kou_http_parser_t *p, const u_char *buf, size_t i,
 
     while (kou_http_list_next(buf, &i, e, &b, &t)) {
         if (kou_str_eq_lit(kou_http_str(buf, b, t), "100-continue")) {
-            p->expect_continue = 1;
+            p->expect_continue = p->version != 10;
         } else {
             p->flags |= KOU_HP_EXPECT_BAD;
         }
@@ -1295,4 +1298,57 @@ bad:
 large:
     *consumed = i;
     return 431;
+}
+
+/* ---- tiers: the scalar reference is the only one built so far ---- */
+
+static unsigned kou_http_tier = KOU_SIMD_SCALAR;
+
+const char *
+kou_http_parser_tier_name(unsigned tier)
+{
+    static const char *const names[KOU_SIMD_COUNT] = {
+        "scalar", "sse42", "avx2", "avx512"
+    };
+
+    return tier < KOU_SIMD_COUNT ? names[tier] : "unknown";
+}
+
+const char *
+kou_http_parser_tier(void)
+{
+    return kou_http_parser_tier_name(kou_http_tier);
+}
+
+bool
+kou_http_parser_tier_available(unsigned tier)
+{
+    return tier == KOU_SIMD_SCALAR;
+}
+
+int
+kou_http_parser_set_tier(unsigned tier)
+{
+    if (!kou_http_parser_tier_available(tier)) {
+        return KOU_ERROR;
+    }
+    kou_http_tier = tier;
+    return KOU_OK;
+}
+
+int
+kou_http_parser_select(void)
+{
+    const char *want = getenv("KOURIER_SIMD");
+
+    kou_http_tier = KOU_SIMD_SCALAR;
+    if (want == NULL || *want == '\0') {
+        return KOU_OK;
+    }
+    for (unsigned t = 0; t < KOU_SIMD_COUNT; t++) {
+        if (strcmp(want, kou_http_parser_tier_name(t)) == 0) {
+            return kou_http_parser_set_tier(t);
+        }
+    }
+    return KOU_ERROR;
 }

@@ -91,17 +91,42 @@ void kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
  * bytes (if any) start at buf + p->head_len. Unknown but valid token methods
  * return KOU_OK with method_id KOU_METHOD_UNKNOWN (the caller decides 501).
  * Limits are applied to partial input: a request line that already exceeds
- * the limit without its CRLF gets 414 at once.
+ * the limit without its CRLF gets 414 at once. After any result other than
+ * KOU_AGAIN, call kou_http_parser_init before parsing the next request.
  */
 int kou_http_parse_request(kou_http_parser_t *p, const u_char *buf,
                            size_t len);
 
-/* The parser implementation in use ("scalar" until SIMD tiers exist). */
-static inline const char *
-kou_http_parser_tier(void)
-{
-    return "scalar";
-}
+/*
+ * Implementation tiers. All give byte-for-byte the same results; they
+ * differ only in how many bytes they classify per instruction.
+ */
+typedef enum {
+    KOU_SIMD_SCALAR = 0,
+    KOU_SIMD_SSE42,
+    KOU_SIMD_AVX2,
+    KOU_SIMD_AVX512,
+    KOU_SIMD_COUNT
+} kou_simd_tier_e;
+
+/*
+ * Choose the tier for this process, once, at start-up: the one named by
+ * the environment variable KOURIER_SIMD (scalar, sse42, avx2, avx512) if
+ * set and usable, else the best the CPU supports. Returns KOU_OK, or
+ * KOU_ERROR (with the best tier selected) when KOURIER_SIMD names a tier
+ * that is unknown or that this CPU or build cannot run.
+ */
+int kou_http_parser_select(void);
+
+/* Force a tier (tests, benchmarks). KOU_ERROR if it cannot run here. */
+int kou_http_parser_set_tier(unsigned tier);
+
+/* Can this tier run on this CPU, and was it built? */
+bool kou_http_parser_tier_available(unsigned tier);
+
+/* The tier in use, or the name of `tier`: "scalar", "sse42", ... */
+const char *kou_http_parser_tier(void);
+const char *kou_http_parser_tier_name(unsigned tier);
 
 /* Name of a known method, for logs and Allow. */
 kou_str_t kou_http_method_name(unsigned method_id);

@@ -249,6 +249,11 @@ main(int argc, char **argv)
     char        cwd[PATH_MAX], conf[PATH_MAX + 32];
     int         ch;
 
+    if (kou_http_parser_select() != KOU_OK) {
+        fprintf(stderr, "kourier: KOURIER_SIMD=%s cannot be used here; "
+                        "using %s\n", getenv("KOURIER_SIMD"),
+                kou_http_parser_tier());
+    }
     while ((ch = getopt(argc, argv, "c:p:Fts:Vh")) != -1) {
         switch (ch) {
         case 'c':
