@@ -43,7 +43,7 @@ const char *const kou_route_core_keys[] = {
 
 static const char *const kou_conf_top_keys[] = {
     "workers", "pid_file", "error_log", "shutdown_timeout", "user", "group",
-    "limits", "listen", "modules", "hooks", "routes", NULL
+    "limits", "listen", "modules", "hooks", "routes", "shared_memory", NULL
 };
 
 static const char *const kou_conf_listen_keys[] = {
@@ -1153,6 +1153,22 @@ kou_conf_files(kou_conf_ctx_t *c, const kou_conf_t *root)
                                            &cf->shutdown_timeout) != KOU_OK)
     {
         return KOU_ERROR;
+    }
+
+    cf->shared_memory = 1024 * 1024;
+    n = kou_conf_get(root, "shared_memory");
+    if (n != NULL) {
+        if (kou_conf_get_size(c, n, "shared_memory", false,
+                              &cf->shared_memory) != KOU_OK)
+        {
+            return KOU_ERROR;
+        }
+        if (cf->shared_memory < 64 * 1024
+            || cf->shared_memory > (uint64_t) 1024 * 1024 * 1024)
+        {
+            return kou_conf_bad(c, n, "shared_memory",
+                                "a size from 64k to 1g");
+        }
     }
     return KOU_OK;
 }

@@ -90,6 +90,7 @@ typedef struct kou_config_s {
     char              *pid_file;      /* resolved path */
     char              *error_log;     /* resolved path, or "stderr" */
     uint64_t           shutdown_timeout;  /* ms */
+    uint64_t           shared_memory;     /* bytes for modules' shm_alloc */
     char              *user;          /* NULL: do not change */
     char              *group;         /* NULL: the user's group */
     kou_limits_t       limits;

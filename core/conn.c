@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include "conn.h"
 #include "http_request.h"
 #include "log.h"
+#include "shm.h"
 #include "worker.h"
 
 #define KOU_OBUF_SIZE     16384
@@ -93,6 +95,7 @@ kou_obuf_alloc(size_t need)
     }
     b->next = NULL;
     b->pos = b->last = 0;
+    b->fd = -1;
     return b;
 }
 
@@ -101,6 +104,11 @@ kou_obuf_release(kou_obuf_t *b)
 {
     kou_free_t *f;
 
+    if (b->fd >= 0) {
+        close(b->fd);
+        free(b);
+        return;
+    }
     if (b->size != KOU_OBUF_SIZE) {
         free(b);
         return;
@@ -115,7 +123,7 @@ kou_conn_reserve(kou_conn_t *c, size_t n)
 {
     kou_obuf_t *b = c->out_tail;
 
-    if (b == NULL || b->size - b->last < n) {
+    if (b == NULL || b->fd >= 0 || b->size - b->last < n) {
         b = kou_obuf_alloc(n);
         if (b == NULL) {
             return NULL;
@@ -135,6 +143,7 @@ kou_conn_commit(kou_conn_t *c, size_t n)
 {
     c->out_tail->last += n;
     c->out_bytes += n;
+    c->queued += n;
 }
 
 int
@@ -144,7 +153,7 @@ kou_conn_out(kou_conn_t *c, const void *data, size_t n)
 
     while (n > 0) {
         kou_obuf_t *b = c->out_tail;
-        size_t      room = b != NULL ? b->size - b->last : 0;
+        size_t      room = b != NULL && b->fd < 0 ? b->size - b->last : 0;
 
         if (room == 0) {
             /* big writes get one block; small ones share standard blocks */
@@ -160,6 +169,71 @@ kou_conn_out(kou_conn_t *c, const void *data, size_t n)
         n -= room;
     }
     return KOU_OK;
+}
+
+int
+kou_conn_out_file(kou_conn_t *c, int fd, uint64_t off, uint64_t len)
+{
+    kou_obuf_t *b;
+
+    if (len == 0) {
+        close(fd);
+        return KOU_OK;
+    }
+    b = malloc(sizeof(kou_obuf_t));
+    if (b == NULL) {
+        close(fd);
+        return KOU_ERROR;
+    }
+    b->next = NULL;
+    b->fd = fd;
+    b->pos = (size_t) off;
+    b->last = (size_t) (off + len);
+    b->size = 0;
+    if (c->out_tail != NULL) {
+        c->out_tail->next = b;
+    } else {
+        c->out_head = b;
+    }
+    c->out_tail = b;
+    c->out_bytes += (size_t) len;
+    c->queued += len;
+    return KOU_OK;
+}
+
+/*
+ * Send the file range at the head of the chain. Returns bytes sent, 0 when
+ * the socket is full, -1 on error (c->error set).
+ */
+static ssize_t
+kou_conn_send_file(kou_conn_t *c, kou_obuf_t *b)
+{
+    for (;;) {
+        off_t   off = (off_t) b->pos;
+        size_t  want = kou_min(b->last - b->pos, (size_t) 1 << 30);
+        ssize_t w = sendfile(c->ev.fd, b->fd, &off, want);
+
+        if (w > 0) {
+            return w;
+        }
+        if (w == 0) {
+            /* the file shrank after its length was announced */
+            kou_log_error("client %s: file ended %zu bytes early: closing",
+                          c->addr_text, b->last - b->pos);
+            c->error = 1;
+            return -1;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == EAGAIN) {
+            return 0;
+        }
+        kou_log_debug("client %s: sendfile: %s", c->addr_text,
+                      strerror(errno));
+        c->error = 1;
+        return -1;
+    }
 }
 
 static void
@@ -187,9 +261,35 @@ kou_conn_flush(kou_conn_t *c)
     while (c->out_bytes > 0) {
         int         n = 0;
         ssize_t     w;
-        kou_obuf_t *b;
+        kou_obuf_t *b = c->out_head;
 
-        for (b = c->out_head; b != NULL && n < KOU_IOV_MAX; b = b->next) {
+        if (b->fd < 0 && b->pos == b->last && b->next != NULL) {
+            c->out_head = b->next;   /* an emptied block before a file */
+            kou_obuf_release(b);
+            continue;
+        }
+        if (b->fd >= 0) {
+            w = kou_conn_send_file(c, b);
+            if (w < 0) {
+                kou_conn_out_free(c);
+                return;
+            }
+            if (w == 0) {
+                c->write_blocked = 1;
+                return;
+            }
+            b->pos += (size_t) w;
+            c->out_bytes -= (size_t) w;
+            if (b->pos == b->last) {
+                c->out_head = b->next;
+                if (c->out_head == NULL) {
+                    c->out_tail = NULL;
+                }
+                kou_obuf_release(b);
+            }
+            continue;
+        }
+        for (; b != NULL && b->fd < 0 && n < KOU_IOV_MAX; b = b->next) {
             if (b->last > b->pos) {
                 iov[n].iov_base = b->data + b->pos;
                 iov[n].iov_len = b->last - b->pos;
@@ -212,7 +312,7 @@ kou_conn_flush(kou_conn_t *c)
             return;
         }
         c->out_bytes -= (size_t) w;
-        while (w > 0) {
+        while (c->out_head != NULL && c->out_head->fd < 0) {
             b = c->out_head;
             size_t left = b->last - b->pos;
             if ((size_t) w < left) {
@@ -228,6 +328,9 @@ kou_conn_flush(kou_conn_t *c)
             }
             c->out_head = b->next;
             kou_obuf_release(b);
+            if (w == 0 && c->out_head->fd >= 0) {
+                break;
+            }
         }
         if (c->write_blocked) {
             c->write_blocked = 0;
@@ -289,6 +392,33 @@ kou_conn_read(kou_conn_t *c)
         break;
     }
     return total;
+}
+
+/* The shared gauge a state counts in (LINGER counts as writing). */
+static uint64_t *
+kou_conn_gauge(unsigned state)
+{
+    switch (state) {
+    case KOU_CONN_IDLE:
+        return &kou_slot->conns_idle;
+    case KOU_CONN_HEAD:
+        return &kou_slot->conns_reading;
+    default:
+        return &kou_slot->conns_writing;
+    }
+}
+
+void
+kou_conn_state(kou_conn_t *c, unsigned s)
+{
+    if (c->state == s) {
+        return;
+    }
+    if (kou_slot != NULL) {
+        (*kou_conn_gauge(c->state))--;
+        (*kou_conn_gauge(s))++;
+    }
+    c->state = s;
 }
 
 static void
@@ -362,7 +492,7 @@ kou_conn_linger(kou_conn_t *c)
         return;
     }
     shutdown(c->ev.fd, SHUT_WR);
-    c->state = KOU_CONN_LINGER;
+    kou_conn_state(c, KOU_CONN_LINGER);
     c->linger_until = kou_loop.now + KOU_LINGER_MAX_MS;
     c->timer_kind = KOU_TIMER_LINGER;
     kou_timer_add(&c->timer, KOU_LINGER_MS);
@@ -452,14 +582,14 @@ kou_conn_run(kou_conn_t *c)
                     break;
                 }
             }
-            c->state = KOU_CONN_IDLE;
+            kou_conn_state(c, KOU_CONN_IDLE);
             if (c->eof) {
                 c->closing = 1;
             }
             break;
         }
 
-        c->state = KOU_CONN_HEAD;
+        kou_conn_state(c, KOU_CONN_HEAD);
         int rc = kou_http_request_begin(c);
         if (rc == KOU_AGAIN) {
             if (c->in_end == c->in_size && c->in_start > 0) {
@@ -637,6 +767,9 @@ kou_conn_close(kou_conn_t *c)
         kou_http_request_free(c->parsing);
         c->parsing = NULL;
     }
+    if (kou_slot != NULL) {
+        (*kou_conn_gauge(c->state))--;
+    }
     kou_timer_del(&c->timer);
     kou_loop_unpost(&c->post);
     kou_conn_out_free(c);
@@ -723,6 +856,10 @@ kou_conn_accept_handler(kou_ev_t *ev, uint32_t events)
         kou_conn_addr_text(c, &ss);
         kou_list_insert_tail(&kou_worker.conns, &c->link);
         kou_worker.nconns++;
+        if (kou_slot != NULL) {
+            kou_slot->connections_accepted++;
+            kou_slot->conns_idle++;   /* calloc: c->state is IDLE */
+        }
 
         if (kou_loop_add(&c->ev, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
             != KOU_OK)

@@ -29,11 +29,16 @@ typedef struct kou_listener_s {
 } kou_listener_t;
 
 typedef struct kou_obuf_s kou_obuf_t;
+/*
+ * A link of the output chain: bytes in data[], or (fd >= 0) a range of a
+ * file sent with sendfile(2), pos and last then being file offsets.
+ */
 struct kou_obuf_s {
     kou_obuf_t *next;
     size_t      pos;     /* first byte not yet written */
     size_t      last;    /* end of data */
-    size_t      size;    /* capacity of data[] */
+    size_t      size;    /* capacity of data[]; 0 for a file range */
+    int         fd;      /* -1 for memory; owned (closed) by the chain */
     u_char      data[];
 };
 
@@ -67,6 +72,7 @@ struct kou_conn_s {
     kou_obuf_t     *out_head;
     kou_obuf_t     *out_tail;
     size_t          out_bytes;   /* queued, not yet written */
+    uint64_t        queued;      /* bytes ever queued (for request stats) */
 
     struct kou_request_s *r;     /* the request being served, or NULL */
     struct kou_request_s *parsing; /* holds the parser while a head is partial */
@@ -101,6 +107,15 @@ int kou_conn_out(kou_conn_t *c, const void *data, size_t n);
  */
 u_char *kou_conn_reserve(kou_conn_t *c, size_t n);
 void kou_conn_commit(kou_conn_t *c, size_t n);
+
+/*
+ * Queue `len` bytes of file fd from `off`; the chain takes ownership of fd
+ * (it closes it once sent or dropped). KOU_OK or KOU_ERROR (fd closed).
+ */
+int kou_conn_out_file(kou_conn_t *c, int fd, uint64_t off, uint64_t len);
+
+/* Move the connection to state s, keeping the shared gauges right. */
+void kou_conn_state(kou_conn_t *c, unsigned s);
 
 /* Write queued output now; sets write_blocked when the kernel is full. */
 void kou_conn_flush(kou_conn_t *c);

@@ -15,18 +15,31 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <time.h>
+#include <unistd.h>
+#include <fcntl.h>
 
 #include "conn.h"
 #include "http_request.h"
 #include "log.h"
 #include "module.h"
 #include "router.h"
+#include "shm.h"
 #include "worker.h"
 
 #define KOU_ARENA_INLINE 2048
 #define KOU_ARENA_BLOCK  4096
 
 static kou_request_t *kou_r_free;
+
+static uint64_t
+kou_http_now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
 
 static const u_char kou_tchar[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1,
@@ -182,11 +195,16 @@ kou_http_request_finalize(kou_request_t *r)
 {
     kou_conn_t *c = r->c;
 
+    if (kou_slot != NULL) {
+        kou_slot->requests++;
+        kou_slot->bytes_in += r->p.head_len + r->body_seen;
+        kou_slot->bytes_out += c->queued - r->out_mark;
+    }
     kou_http_run_log_hooks(r);
     kou_http_run_cleanups(r);
     c->r = NULL;
     c->requests++;
-    c->state = KOU_CONN_IDLE;
+    kou_conn_state(c, KOU_CONN_IDLE);
     if (!r->keep_alive || c->draining || kou_worker.draining) {
         c->closing = 1;
     }
@@ -201,6 +219,9 @@ kou_http_request_abort(kou_request_t *r)
 {
     kou_conn_t *c = r->c;
 
+    /* log hooks see aborted requests too (request_info says so) */
+    r->aborted = 1;
+    kou_http_run_log_hooks(r);
     kou_http_run_cleanups(r);
     c->r = NULL;
     kou_http_request_free(r);
@@ -220,9 +241,11 @@ kou_http_error(kou_conn_t *c, kou_request_t *r, int status,
     bool      head_only = r != NULL && r->p.method_id == KOU_METHOD_HEAD;
 
     c->closing = 1;
+    kou_shm_parse_error(status);
     if (r != NULL) {
         r->keep_alive = 0;
         r->body_done = 1;
+        r->end_us = kou_http_now_us();
         if (r->head_sent) {
             /*
              * Too late for a status: cut the response short so the client
@@ -460,10 +483,13 @@ kou_http_request_begin(kou_conn_t *c)
     }
 
     c->r = r;
-    c->state = KOU_CONN_ACTIVE;
+    kou_conn_state(c, KOU_CONN_ACTIVE);
     c->in_start += r->p.head_len;
     r->head_end = c->in_start;
     r->start_ms = kou_loop.now;
+    r->start_us = kou_http_now_us();
+    r->start_time = kou_loop.wall;
+    r->out_mark = c->queued;
 
     kou_http_dispatch(r);
     return KOU_OK;
@@ -802,6 +828,7 @@ static void
 kou_http_response_complete(kou_request_t *r)
 {
     r->resp_done = 1;
+    r->end_us = kou_http_now_us();
     if (!r->c->in_process) {
         kou_conn_post(r->c);
     }
@@ -860,6 +887,83 @@ kou_r_write(kou_request_t *r, kou_str_t data, kou_write_done_pt done,
     if (!c->in_process) {
         kou_conn_post(c);
     }
+    return KOU_OK;
+}
+
+int
+kou_r_sendfile(kou_request_t *r, int fd, int64_t offset, int64_t length)
+{
+    kou_conn_t *c = r->c;
+    int         dup;
+
+    if (!r->head_sent || r->resp_done || c->error || offset < 0
+        || length < 0)
+    {
+        return KOU_ERROR;
+    }
+    if (r->resp_length >= 0
+        && r->resp_sent + (uint64_t) length > (uint64_t) r->resp_length)
+    {
+        kou_log_error("module sent a file past its Content-Length %lld",
+                      (long long) r->resp_length);
+        return KOU_ERROR;
+    }
+    r->resp_sent += (uint64_t) length;
+    if (r->resp_no_body || length == 0) {
+        return KOU_OK;
+    }
+    /* our own descriptor: the module may close or cache its copy */
+    dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) {
+        kou_log_error("sendfile: dup: %s", strerror(errno));
+        return KOU_ERROR;
+    }
+    if (r->resp_chunked) {
+        char line[24];
+        int  n = snprintf(line, sizeof(line), "%llx\r\n",
+                          (unsigned long long) length);
+        if (kou_conn_out(c, line, (size_t) n) != KOU_OK) {
+            close(dup);
+            c->error = 1;
+            return KOU_ERROR;
+        }
+    }
+    if (kou_conn_out_file(c, dup, (uint64_t) offset, (uint64_t) length)
+            != KOU_OK
+        || (r->resp_chunked && kou_conn_out(c, "\r\n", 2) != KOU_OK))
+    {
+        c->error = 1;
+        return KOU_ERROR;
+    }
+    if (!c->in_process) {
+        kou_conn_post(c);
+    }
+    return KOU_OK;
+}
+
+int
+kou_r_request_info(kou_request_t *r, kou_request_info_t *info)
+{
+    const char *end;
+    size_t      size = kou_min(info->size ? info->size : sizeof(*info),
+                               sizeof(*info));
+    kou_request_info_t i;
+
+    memset(&i, 0, sizeof(i));
+    i.size = size;
+    i.status = r->status;
+    i.bytes_in = r->p.head_len + r->body_seen;
+    i.bytes_out = r->c->queued - r->out_mark;
+    i.start_us = r->start_us;
+    i.end_us = r->end_us;
+    i.start_time = r->start_time;
+    /* the request line runs from the method to the first CR */
+    end = memchr(r->p.method.p, '\r', r->p.head_len);
+    i.request_line.p = r->p.method.p;
+    i.request_line.n = end ? (size_t) (end - r->p.method.p) : 0;
+    i.route = kou_r_route(r);
+    i.aborted = r->aborted;
+    memcpy(info, &i, size);
     return KOU_OK;
 }
 

@@ -36,6 +36,10 @@ struct kou_request_s {
     kou_str_t               path;        /* normalised */
     const kou_route_conf_t *route;
     uint64_t                start_ms;
+    uint64_t                start_us;    /* CLOCK_MONOTONIC */
+    uint64_t                end_us;      /* response complete, 0 before */
+    int64_t                 start_time;  /* unix seconds */
+    uint64_t                out_mark;    /* c->queued when the head was in */
     size_t                  head_end;    /* offset in c->in after the head */
 
     /* arena: bump allocation in the inline block, then malloc'd blocks */
@@ -55,6 +59,7 @@ struct kou_request_s {
     unsigned                body_done:1;
     unsigned                body_wanted:1;
     unsigned                body_progress:1;  /* bytes since the timer was armed */
+    unsigned                aborted:1;
 
     /* response */
     unsigned                head_sent:1;
@@ -146,5 +151,7 @@ int kou_r_finish(kou_request_t *r);
 int kou_r_response_header_add(kou_request_t *r, kou_str_t name,
                               kou_str_t value);
 int kou_r_response_status(kou_request_t *r);
+int kou_r_sendfile(kou_request_t *r, int fd, int64_t offset, int64_t length);
+int kou_r_request_info(kou_request_t *r, kou_request_info_t *info);
 
 #endif /* KOU_HTTP_REQUEST_H */

@@ -48,6 +48,7 @@ typedef struct {
     uint64_t gen;
     int      ready_fd;     /* read end while starting, else -1 */
     unsigned state;
+    int      stat;         /* statistics slot in shared memory */
     uint64_t started;      /* spawn time, then drain start */
     bool     killed;
     char     msg[256];     /* what a failing worker wrote */
@@ -88,6 +89,8 @@ typedef struct {
     bool             starting;         /* the first generation */
     bool             failed;           /* it did not start: exit 1 */
     int              daemon_fd;        /* tell the parent we are up */
+    int              nstats;           /* statistics slots in shm */
+    int             *respawn_stat;     /* slot -> stat slot to reuse */
     uint64_t         verdict_seq;
 } kou_master_t;
 
@@ -128,16 +131,15 @@ kou_master_verdict(bool ok, const char *msg)
     FILE *f;
 
     if (kou_shm != NULL) {
-        kou_shm_master_t *sm = &kou_shm->master;
-        sm->last_reload_time = (int64_t) time(NULL);
+        kou_server_stats_t *st = &kou_shm->pub;
         if (ok) {
-            sm->reloads_ok++;
-            sm->last_reload_ok_time = sm->last_reload_time;
-            sm->last_reload_error[0] = '\0';
+            st->reloads_ok++;
+            st->last_reload_ok_time = (int64_t) time(NULL);
+            kou_shm->last_reload_error[0] = '\0';
         } else {
-            sm->reloads_error++;
-            snprintf(sm->last_reload_error, sizeof(sm->last_reload_error),
-                     "%s", msg);
+            st->reloads_error++;
+            snprintf(kou_shm->last_reload_error,
+                     sizeof(kou_shm->last_reload_error), "%s", msg);
         }
     }
 
@@ -395,12 +397,41 @@ kou_master_validate(kou_config_t *cf, char *err, size_t errlen)
 
 /* ---- workers ---- */
 
+/* A statistics slot no live process uses, or -1. */
+static int
+kou_master_free_stat(void)
+{
+    for (int s = 0; s < M.nstats; s++) {
+        bool used = false;
+        for (size_t i = 0; i < M.nprocs && !used; i++) {
+            used = M.procs[i].stat == s;
+        }
+        for (size_t i = 0; i < M.nslots && !used; i++) {
+            used = M.respawn_at[i] != 0 && M.respawn_stat[i] == s;
+        }
+        if (!used) {
+            return s;
+        }
+    }
+    return -1;
+}
+
+/*
+ * Fork a worker of generation gen for worker slot `slot`. stat is the
+ * statistics slot to give it (-1: any free one): a respawned worker gets
+ * its predecessor's, so per-slot totals carry on.
+ */
 static kou_proc_t *
-kou_master_spawn(kou_config_t *cf, uint64_t gen, int slot, const int *fds)
+kou_master_spawn(kou_config_t *cf, uint64_t gen, int slot, int stat,
+                 const int *fds)
 {
     kou_proc_t *p;
     int         pfd[2];
     pid_t       pid;
+
+    if (stat < 0) {
+        stat = kou_master_free_stat();
+    }
 
     if (M.nprocs == KOU_MAX_PROCS) {
         kou_log_error("too many processes");
@@ -438,13 +469,14 @@ kou_master_spawn(kou_config_t *cf, uint64_t gen, int slot, const int *fds)
                 close(M.ls[i].fd);
             }
         }
-        kou_worker_main(cf, fds, pfd[1], slot, gen);
+        kou_worker_main(cf, fds, pfd[1], slot, stat, gen);
     }
     close(pfd[1]);
     p = &M.procs[M.nprocs++];
     memset(p, 0, sizeof(*p));
     p->pid = pid;
     p->slot = slot;
+    p->stat = stat;
     p->gen = gen;
     p->ready_fd = pfd[0];
     p->state = KOU_PROC_STARTING;
@@ -471,9 +503,15 @@ kou_master_slots(size_t n)
         return KOU_ERROR;
     }
     M.last_spawn = b;
+    int *c = realloc(M.respawn_stat, n * sizeof(int));
+    if (c == NULL) {
+        return KOU_ERROR;
+    }
+    M.respawn_stat = c;
     for (size_t i = M.nslots; i < n; i++) {
         M.respawn_at[i] = 0;
         M.last_spawn[i] = 0;
+        M.respawn_stat[i] = -1;
     }
     M.nslots = n;
     return KOU_OK;
@@ -512,7 +550,7 @@ kou_master_spawn_generation(kou_config_t *cf, uint64_t gen, const int *fds)
         return KOU_ERROR;
     }
     for (int i = 0; i < cf->workers; i++) {
-        if (kou_master_spawn(cf, gen, i, fds) == NULL) {
+        if (kou_master_spawn(cf, gen, i, -1, fds) == NULL) {
             return KOU_ERROR;
         }
     }
@@ -606,6 +644,15 @@ kou_master_reload_start(void)
         kou_master_reload_abort(err);
         return;
     }
+    if (M.nprocs + (size_t) cf->workers > (size_t) M.nstats) {
+        snprintf(err, sizeof(err), "%s: workers: %d: only %d statistics "
+                 "slots exist, %zu in use: restart the server to grow them",
+                 cf->file, cf->workers, M.nstats, M.nprocs);
+        free(fds);
+        kou_config_free(cf);
+        kou_master_reload_abort(err);
+        return;
+    }
     M.next_cf = cf;
     M.reload_deadline = kou_mono_ms() + KOU_READY_MS;
     if (kou_master_spawn_generation(cf, M.gen + 1, fds) != KOU_OK) {
@@ -627,7 +674,7 @@ kou_master_reload_commit(void)
     M.next_cf = NULL;
     M.gen++;
     if (kou_shm != NULL) {
-        kou_shm->master.generation = M.gen;
+        kou_shm->pub.generation = M.gen;
     }
     for (size_t i = 0; i < M.nslots; i++) {
         M.respawn_at[i] = 0;
@@ -697,7 +744,7 @@ kou_master_slot_alive(int slot)
 }
 
 static void
-kou_master_respawn(int slot)
+kou_master_respawn(int slot, int stat)
 {
     uint64_t now = kou_mono_ms();
 
@@ -709,13 +756,14 @@ kou_master_respawn(int slot)
     {
         /* a worker that dies at once must not turn into a fork loop */
         M.respawn_at[slot] = M.last_spawn[slot] + KOU_RESPAWN_DELAY_MS;
+        M.respawn_stat[slot] = stat;
         return;
     }
     M.respawn_at[slot] = 0;
     if (kou_shm != NULL) {
-        kou_shm->master.worker_restarts++;
+        kou_shm->pub.worker_restarts++;
     }
-    kou_master_spawn(M.cf, M.gen, slot, kou_master_fds(M.cf));
+    kou_master_spawn(M.cf, M.gen, slot, stat, kou_master_fds(M.cf));
 }
 
 static void
@@ -778,11 +826,11 @@ kou_master_reap(void)
         } else {
             kou_log_error("worker %d exited %s, respawning", (int) pid, how);
         }
-        int slot = p->slot;
+        int      slot = p->slot, stat = p->stat;
         uint64_t gen = p->gen;
         kou_master_remove(p);
         if (gen == M.gen) {
-            kou_master_respawn(slot);
+            kou_master_respawn(slot, stat);
         }
     }
 }
@@ -1033,11 +1081,12 @@ kou_master_run(const kou_master_opts_t *opts, kou_config_t *cf)
                       strerror(errno));
         return 1;
     }
-    if (kou_shm_create() != KOU_OK) {
+    M.nstats = kou_max(64, 4 * cf->workers);
+    if (kou_shm_create(M.nstats, (size_t) cf->shared_memory) != KOU_OK) {
         kou_log_error("cannot create shared memory: %s", strerror(errno));
         return 1;
     }
-    kou_shm->master.generation = M.gen;
+    kou_shm->pub.generation = M.gen;
 
     signal(SIGPIPE, SIG_IGN);
     sigemptyset(&set);
@@ -1126,7 +1175,7 @@ kou_master_run(const kou_master_opts_t *opts, kou_config_t *cf)
         }
         for (size_t i = 0; i < M.nslots && !M.stopping; i++) {
             if (M.respawn_at[i] != 0 && now >= M.respawn_at[i]) {
-                kou_master_respawn((int) i);
+                kou_master_respawn((int) i, M.respawn_stat[i]);
             }
         }
         for (size_t i = 0; i < M.nprocs; i++) {
@@ -1158,6 +1207,7 @@ kou_master_run(const kou_master_opts_t *opts, kou_config_t *cf)
     free(M.ls);
     free(M.respawn_at);
     free(M.last_spawn);
+    free(M.respawn_stat);
     unlink(M.cf->pid_file);
     kou_log_notice("exit");
     kou_config_free(M.cf);

@@ -17,6 +17,7 @@
 #include "http_request.h"
 #include "log.h"
 #include "module.h"
+#include "shm.h"
 
 /* ---- host timers and fd watches ---- */
 
@@ -171,6 +172,24 @@ kou_host_conf_error(const kou_conf_t *node, char *err, size_t errlen,
     return kou_conf_error(node, err, errlen, "%s", msg);
 }
 
+static int
+kou_host_stats_slot(void)
+{
+    return kou_slot_id;
+}
+
+static int
+kou_host_stats_slots(void)
+{
+    return kou_shm != NULL ? kou_shm->pub.nslots : 0;
+}
+
+static const kou_server_stats_t *
+kou_host_server_stats(void)
+{
+    return kou_shm != NULL ? &kou_shm->pub : NULL;
+}
+
 const kou_host_t kou_host = {
     .abi_major = KOU_ABI_MAJOR,
     .abi_minor = KOU_ABI_MINOR,
@@ -218,6 +237,13 @@ const kou_host_t kou_host = {
     .io_add = kou_host_io_add,
     .io_mod = kou_host_io_mod,
     .io_del = kou_host_io_del,
+
+    .sendfile = kou_r_sendfile,
+    .request_info = kou_r_request_info,
+    .shm_alloc = kou_shm_alloc,
+    .stats_slot = kou_host_stats_slot,
+    .stats_slots = kou_host_stats_slots,
+    .server_stats = kou_host_server_stats,
 };
 
 /* ---- loader ---- */
@@ -464,6 +490,22 @@ kou_modules_worker_exit(kou_modules_t *ms)
     }
 }
 
+/* Does module m's struct reach field f (it may predate it)? */
+#define KOU_MODULE_HAS(m, f) \
+    ((m)->size >= offsetof(kou_module_t, f) + sizeof((m)->f))
+
+void
+kou_modules_reopen(kou_modules_t *ms)
+{
+    for (size_t i = 0; ms != NULL && i < ms->n; i++) {
+        const kou_module_t *m = ms->mods[i].m;
+
+        if (KOU_MODULE_HAS(m, reopen) && m->reopen != NULL) {
+            m->reopen(ms->mods[i].state);
+        }
+    }
+}
+
 void
 kou_modules_unload(kou_modules_t *ms)
 {
@@ -473,8 +515,7 @@ kou_modules_unload(kou_modules_t *ms)
     for (size_t i = 0; ms->mods != NULL && i < ms->n; i++) {
         kou_module_inst_t *mi = &ms->mods[i];
 
-        if (mi->m != NULL && mi->configured
-            && mi->m->size >= offsetof(kou_module_t, destroy) + sizeof(void *))
+        if (mi->m != NULL && mi->configured && KOU_MODULE_HAS(mi->m, destroy))
         {
             for (size_t ri = 0; mi->m->route_free != NULL
                                 && ri < ms->cf->nroutes; ri++)

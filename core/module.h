@@ -51,6 +51,9 @@ int kou_modules_worker_init(kou_modules_t *ms, char *err, size_t errlen);
 /* Run worker_exit of every module that was initialised, in reverse order. */
 void kou_modules_worker_exit(kou_modules_t *ms);
 
+/* Run every module's reopen hook (SIGUSR1, in a worker). */
+void kou_modules_reopen(kou_modules_t *ms);
+
 /* dlclose everything and free ms (NULL is fine). */
 void kou_modules_unload(kou_modules_t *ms);
 

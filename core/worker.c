@@ -18,6 +18,7 @@
 #include "event.h"
 #include "http_request.h"
 #include "log.h"
+#include "shm.h"
 #include "worker.h"
 
 kou_worker_t kou_worker;
@@ -134,6 +135,7 @@ kou_worker_signal(kou_ev_t *ev, uint32_t events)
                 kou_log_error("reopen %s: %s", kou_worker.cf->error_log,
                               strerror(errno));
             }
+            kou_modules_reopen(kou_worker.mods);
             break;
         default:
             break;
@@ -192,7 +194,7 @@ kou_worker_router(kou_config_t *cf)
 
 void
 kou_worker_main(kou_config_t *cf, const int *listen_fds, int ready_fd,
-                int slot, uint64_t generation)
+                int slot, int stat, uint64_t generation)
 {
     char     err[1024];
     sigset_t set;
@@ -206,6 +208,7 @@ kou_worker_main(kou_config_t *cf, const int *listen_fds, int ready_fd,
     }
 
     memset(&kou_worker, 0, sizeof(kou_worker));
+    kou_shm_attach_slot(stat);
     kou_worker.cf = cf;
     kou_worker.slot = slot;
     kou_worker.generation = generation;

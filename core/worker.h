@@ -37,7 +37,7 @@ extern kou_worker_t kou_worker;
  * error message before exiting with status 2.
  */
 void kou_worker_main(kou_config_t *cf, const int *listen_fds, int ready_fd,
-                     int slot, uint64_t generation)
+                     int slot, int stat, uint64_t generation)
     __attribute__((noreturn));
 
 /* Stop accepting (connection limit reached) / accept again. */

@@ -85,6 +85,61 @@ typedef struct kou_htimer_s kou_htimer_t;
 /** A file descriptor watched by the worker's event loop. */
 typedef struct kou_io_s kou_io_t;
 
+/**
+ * Facts about a request for log hooks (host->request_info). Append-only:
+ * `size` is what the server filled in.
+ */
+typedef struct kou_request_info_s {
+    size_t    size;
+    int       status;          /**< 0 if no response was produced */
+    uint64_t  bytes_in;        /**< head + body bytes received */
+    uint64_t  bytes_out;       /**< head + body bytes queued to the client */
+    uint64_t  start_us;        /**< CLOCK_MONOTONIC µs when the head was in */
+    uint64_t  end_us;          /**< ... when the response completed (0: not) */
+    int64_t   start_time;      /**< wall clock, unix seconds, of start */
+    kou_str_t request_line;    /**< as received, without CRLF */
+    kou_str_t route;           /**< the matched route's path, "" if none */
+    int       aborted;         /**< 1 if the connection ended it early */
+} kou_request_info_t;
+
+/** Parse-error statuses counted per slot, in this order. */
+#define KOU_STATS_PARSE_STATUSES { 400, 408, 413, 414, 417, 431, 501, 505 }
+#define KOU_STATS_NPARSE 8
+
+/**
+ * Per-slot counters the server keeps in shared memory (one writer each).
+ * Counters only grow; gauges are reset when a slot gets a new worker.
+ */
+typedef struct kou_slot_stats_s {
+    uint64_t pid;                 /**< the worker using the slot, 0 none */
+    uint64_t connections_accepted;
+    uint64_t conns_reading;       /**< gauge */
+    uint64_t conns_writing;       /**< gauge */
+    uint64_t conns_idle;          /**< gauge */
+    uint64_t requests;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint64_t parse_errors[KOU_STATS_NPARSE];
+    uint64_t tls_handshakes_ok;
+    uint64_t tls_handshakes_failed;
+    uint64_t reserved[16];
+} kou_slot_stats_t;
+
+/** Server-wide state shared by the master (host->server_stats). */
+typedef struct kou_server_stats_s {
+    size_t            size;
+    uint64_t          generation;
+    uint64_t          reloads_ok;
+    uint64_t          reloads_error;
+    int64_t           last_reload_ok_time;   /**< unix seconds, 0 never */
+    uint64_t          worker_restarts;
+    int64_t           start_time;            /**< unix seconds */
+    const char       *version;
+    const char       *simd;                  /**< parser tier */
+    int               nslots;
+    const kou_slot_stats_t *slots;           /**< nslots entries */
+} kou_server_stats_t;
+
 /** Types of configuration values, checked by the server before configure. */
 typedef enum {
     KOU_CONF_STR,       /**< any scalar, taken as text */
@@ -280,6 +335,48 @@ typedef struct kou_host_s {
     int (*io_mod)(kou_io_t *io, unsigned events);
     /** Stop watching; does not close the fd. */
     void (*io_del)(kou_io_t *io);
+
+    /* ---- files (static content) ---- */
+
+    /**
+     * Queue `length` bytes of the regular file `fd` from `offset` as
+     * response body, after start() with a known length. The server
+     * duplicates fd, so the caller may close or cache its own at once.
+     * Sent with sendfile(2) where the connection allows it (plain TCP),
+     * else read into buffers; either way in bounded memory. If the file is
+     * shorter than announced when it is sent, the connection is closed
+     * (the client sees a short message, never a wrong one). KOU_OK or
+     * KOU_ERROR.
+     */
+    int (*sendfile)(kou_request_t *r, int fd, int64_t offset, int64_t length);
+
+    /* ---- what log hooks need ---- */
+
+    /** Fill *info (see kou_request_info_t); KOU_OK. */
+    int (*request_info)(kou_request_t *r, kou_request_info_t *info);
+
+    /* ---- shared memory and server state (metrics) ---- */
+
+    /**
+     * A named block of `size` bytes, zeroed at creation, in memory shared
+     * by the master and every worker of every generation: it survives
+     * reloads and worker restarts. The first call with a name creates it;
+     * later calls (any process) return the same block if the size is the
+     * same, NULL otherwise or when the segment is full (its size is the
+     * top-level `shared_memory` key). Call it from configure or
+     * worker_init, not per request. NULL in `kourier -t`.
+     */
+    void *(*shm_alloc)(const char *name, size_t size);
+    /**
+     * This worker's statistics slot, 0 <= slot < stats_slots(). No two
+     * live workers share a slot; a worker respawned after a crash gets the
+     * slot of the one it replaces (so per-slot totals carry on), and a
+     * slot freed by a drained worker is reused. -1 outside a worker.
+     */
+    int (*stats_slot)(void);
+    int (*stats_slots)(void);
+    /** Counters kept by the server itself; see kou_server_stats_t. */
+    const kou_server_stats_t *(*server_stats)(void);
 } kou_host_t;
 
 /**
@@ -321,6 +418,8 @@ typedef struct kou_module_s {
     void (*route_free)(void *state, void *route_state);
     /** Free what configure produced (may be NULL); runs after route_free. */
     void (*destroy)(void *state);
+    /** Reopen files after SIGUSR1 (log rotation); in each worker. */
+    void (*reopen)(void *state);
 } kou_module_t;
 
 /** Initialiser for the first five fields of kou_module_t. */
