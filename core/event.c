@@ -20,7 +20,9 @@ kou_loop_update_time(void)
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    kou_loop.now = (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+    kou_loop.now_us = (uint64_t) ts.tv_sec * 1000000
+                      + (uint64_t) ts.tv_nsec / 1000;
+    kou_loop.now = kou_loop.now_us / 1000;
     clock_gettime(CLOCK_REALTIME_COARSE, &ts);
     kou_loop.wall = ts.tv_sec;
 }

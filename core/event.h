@@ -36,6 +36,7 @@ struct kou_post_s {
 typedef struct {
     int               epfd;
     uint64_t          now;        /* ms, CLOCK_MONOTONIC, per iteration */
+    uint64_t          now_us;     /* the same instant in µs */
     time_t            wall;       /* seconds, CLOCK_REALTIME, per iteration */
     kou_timer_wheel_t timers;
     kou_list_t        posted;
