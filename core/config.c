@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -43,7 +44,8 @@ const char *const kou_route_core_keys[] = {
 
 static const char *const kou_conf_top_keys[] = {
     "workers", "pid_file", "error_log", "shutdown_timeout", "user", "group",
-    "limits", "listen", "modules", "hooks", "routes", "shared_memory", NULL
+    "limits", "listen", "modules", "hooks", "routes", "shared_memory",
+    "tls_ticket_rotation", NULL
 };
 
 static const char *const kou_conf_listen_keys[] = {
@@ -1155,7 +1157,8 @@ kou_conf_files(kou_conf_ctx_t *c, const kou_conf_t *root)
         return KOU_ERROR;
     }
 
-    cf->shared_memory = 1024 * 1024;
+    /* untouched pages of an anonymous mapping cost nothing: be generous */
+    cf->shared_memory = 32 * 1024 * 1024;
     n = kou_conf_get(root, "shared_memory");
     if (n != NULL) {
         if (kou_conf_get_size(c, n, "shared_memory", false,
@@ -1168,6 +1171,23 @@ kou_conf_files(kou_conf_ctx_t *c, const kou_conf_t *root)
         {
             return kou_conf_bad(c, n, "shared_memory",
                                 "a size from 64k to 1g");
+        }
+    }
+
+    /*
+     * A ticket key encrypts for one period and decrypts for one more, so a
+     * ticket lives one to two periods; more than 7 days would exceed what
+     * RFC 8446 allows a ticket lifetime to be.
+     */
+    cf->tls_ticket_rotation = 12 * 3600 * 1000;
+    n = kou_conf_get(root, "tls_ticket_rotation");
+    if (n != NULL) {
+        if (kou_conf_duration(n, &cf->tls_ticket_rotation) != KOU_OK
+            || cf->tls_ticket_rotation < 1000
+            || cf->tls_ticket_rotation > 7ull * 24 * 3600 * 1000)
+        {
+            return kou_conf_bad(c, n, "tls_ticket_rotation",
+                                "a duration from 1s to 168h, such as 12h");
         }
     }
     return KOU_OK;
@@ -1199,6 +1219,7 @@ static const struct {
     KOU_LIM(max_headers, KOU_LIMIT_COUNT, 100, 65535),
     KOU_LIM(max_body, KOU_LIMIT_SIZE, 1024 * 1024, 0),
     KOU_LIM(max_connections, KOU_LIMIT_COUNT, 10000, 1000000000),
+    KOU_LIM(tls_handshake_timeout, KOU_LIMIT_DURATION, 10000, 0),
 #undef KOU_LIM
 };
 
@@ -1402,6 +1423,309 @@ kou_conf_same_addr(const kou_listen_conf_t *a, const kou_listen_conf_t *b)
     }
 }
 
+/* ---- tls: blocks of listen entries ---- */
+
+static bool kou_conf_host_ok(const char *s, size_t n);
+
+static const char *const kou_conf_tls_keys[] = {
+    "certificate", "key", "certificates", "protocols", "ciphers",
+    "ciphersuites", "groups", NULL
+};
+
+static const char *const kou_conf_tls_cert_keys[] = {
+    "server_names", "certificate", "key", NULL
+};
+
+/*
+ * An OpenSSL list setting: one string ("A:B") or a list of strings joined
+ * with ':'. Whether OpenSSL knows the names is checked when it loads them.
+ */
+static int
+kou_conf_tls_list(kou_conf_ctx_t *c, const kou_conf_t *n, const char *name,
+                  char **out)
+{
+    const kou_conf_t *item;
+    size_t            len = 0, cnt = kou_conf_len(n);
+    char             *p;
+
+    if (n->type == KOU_NODE_MAP || kou_conf_is_null(n) || cnt == 0) {
+        return kou_conf_bad(c, n, name, "a colon-separated string or a list "
+                            "of names");
+    }
+    for (size_t i = 0; i < cnt; i++) {
+        item = kou_conf_at(n, i, NULL);
+        if (item->type != KOU_NODE_SCALAR || item->len == 0) {
+            return kou_conf_bad(c, item, name, "a name");
+        }
+        len += item->len + 1;
+    }
+    p = kou_arena_alloc(c->arena, len);
+    if (p == NULL) {
+        return kou_conf_ctx_oom(c);
+    }
+    *out = p;
+    for (size_t i = 0; i < cnt; i++) {
+        item = kou_conf_at(n, i, NULL);
+        if (i > 0) {
+            *p++ = ':';
+        }
+        memcpy(p, item->value, item->len);
+        p += item->len;
+    }
+    *p = '\0';
+    return KOU_OK;
+}
+
+static int
+kou_conf_tls_protocols(kou_conf_ctx_t *c, const kou_conf_t *n,
+                       unsigned *out)
+{
+    const kou_conf_t *item;
+    size_t            cnt = kou_conf_len(n);
+    char              buf[64];
+    unsigned          bit;
+
+    if (n->type == KOU_NODE_MAP || kou_conf_is_null(n) || cnt == 0) {
+        return kou_conf_bad(c, n, "protocols", "a list of TLSv1.2 and/or "
+                            "TLSv1.3");
+    }
+    *out = 0;
+    for (size_t i = 0; i < cnt; i++) {
+        item = kou_conf_at(n, i, NULL);
+        if (item->type != KOU_NODE_SCALAR) {
+            return kou_conf_bad(c, item, "protocols", "TLSv1.2 or TLSv1.3");
+        }
+        if (strcasecmp(item->value, "TLSv1.2") == 0) {
+            bit = KOU_TLS_V12;
+        } else if (strcasecmp(item->value, "TLSv1.3") == 0) {
+            bit = KOU_TLS_V13;
+        } else if (strcasecmp(item->value, "TLSv1") == 0
+                   || strcasecmp(item->value, "TLSv1.0") == 0
+                   || strcasecmp(item->value, "TLSv1.1") == 0
+                   || strncasecmp(item->value, "SSL", 3) == 0)
+        {
+            return kou_conf_error(item, c->err, c->errlen,
+                                  "protocols: %s is not offered: versions "
+                                  "before TLS 1.2 are obsolete (RFC 8996); "
+                                  "expected TLSv1.2 or TLSv1.3",
+                                  kou_conf_show(item, buf, sizeof(buf)));
+        } else {
+            return kou_conf_bad(c, item, "protocols", "TLSv1.2 or TLSv1.3");
+        }
+        if (*out & bit) {
+            return kou_conf_error(item, c->err, c->errlen,
+                                  "protocols: %s is listed twice",
+                                  item->value);
+        }
+        *out |= bit;
+    }
+    return KOU_OK;
+}
+
+/*
+ * server_names of one certificates: entry. A name may appear under one
+ * certificate only: with two, which one a client gets would depend on the
+ * order of the list, which nobody reading it would guess.
+ */
+static int
+kou_conf_tls_names(kou_conf_ctx_t *c, const kou_conf_t *n,
+                   kou_tls_conf_t *tc, kou_tls_cert_conf_t *cc)
+{
+    const kou_conf_t *item;
+    size_t            cnt = kou_conf_len(n);
+    char              buf[64];
+
+    if (n->type == KOU_NODE_MAP || kou_conf_is_null(n) || cnt == 0) {
+        return kou_conf_bad(c, n, "server_names", "a list of host names");
+    }
+    cc->names = kou_arena_alloc(c->arena, cnt * sizeof(kou_str_t));
+    if (cc->names == NULL) {
+        return kou_conf_ctx_oom(c);
+    }
+    for (size_t i = 0; i < cnt; i++) {
+        char *lc;
+
+        item = kou_conf_at(n, i, NULL);
+        if (item->type != KOU_NODE_SCALAR || item->len == 0
+            || item->value[0] == '['
+            || !kou_conf_host_ok(item->value, item->len))
+        {
+            return kou_conf_error(item, c->err, c->errlen,
+                                  "server_names: %s is not a host name "
+                                  "(expected a name such as example.com or "
+                                  "*.example.org)",
+                                  kou_conf_show(item, buf, sizeof(buf)));
+        }
+        lc = kou_arena_strndup(c->arena, item->value, item->len);
+        if (lc == NULL) {
+            return kou_conf_ctx_oom(c);
+        }
+        for (size_t k = 0; k < item->len; k++) {
+            lc[k] = (char) tolower((u_char) lc[k]);
+        }
+        for (size_t e = 0; e < tc->ncerts; e++) {
+            for (size_t k = 0; k < tc->certs[e].nnames; k++) {
+                kou_str_t s = { lc, item->len };
+                if (kou_str_eq(tc->certs[e].names[k], s)) {
+                    return kou_conf_error(item, c->err, c->errlen,
+                                          "server_names: \"%s\" is already "
+                                          "served by another certificate "
+                                          "of this listener", lc);
+                }
+            }
+        }
+        for (size_t k = 0; k < cc->nnames; k++) {
+            kou_str_t s = { lc, item->len };
+            if (kou_str_eq(cc->names[k], s)) {
+                return kou_conf_error(item, c->err, c->errlen,
+                                      "server_names: \"%s\" is listed twice",
+                                      lc);
+            }
+        }
+        cc->names[cc->nnames].p = lc;
+        cc->names[cc->nnames].n = item->len;
+        cc->nnames++;
+    }
+    return KOU_OK;
+}
+
+/* certificate + key of `map` (the tls: map or a certificates: entry). */
+static int
+kou_conf_tls_pair(kou_conf_ctx_t *c, const kou_conf_t *map,
+                  kou_tls_cert_conf_t *cc)
+{
+    const kou_conf_t *cert = kou_conf_get(map, "certificate");
+    const kou_conf_t *key = kou_conf_get(map, "key");
+
+    if (cert == NULL || key == NULL) {
+        return kou_conf_error(cert != NULL ? kou_conf_get_key(map,
+                                                              "certificate")
+                              : key != NULL ? kou_conf_get_key(map, "key")
+                              : map, c->err, c->errlen,
+                              "tls: %s (a PEM file)",
+                              cert != NULL ? "\"certificate\" needs \"key\""
+                              : key != NULL ? "\"key\" needs \"certificate\""
+                              : "expected \"certificate\" and \"key\"");
+    }
+    if (kou_conf_get_path(c, cert, "certificate", &cc->certificate)
+            != KOU_OK
+        || kou_conf_get_path(c, key, "key", &cc->key) != KOU_OK)
+    {
+        return KOU_ERROR;
+    }
+    cc->cert_node = cert;
+    cc->key_node = key;
+    return KOU_OK;
+}
+
+static int
+kou_conf_tls(kou_conf_ctx_t *c, const kou_conf_t *map, kou_listen_conf_t *lc)
+{
+    const kou_conf_t *list, *n, *entry;
+    kou_tls_conf_t   *tc;
+    size_t            cnt = 0;
+    bool              top;
+
+    if (map->type != KOU_NODE_MAP) {
+        return kou_conf_bad(c, map, "tls", "a mapping of TLS settings");
+    }
+    if (kou_conf_check_keys(c, map, kou_conf_tls_keys, "in tls")
+        != KOU_OK)
+    {
+        return KOU_ERROR;
+    }
+    tc = kou_arena_alloc(c->arena, sizeof(kou_tls_conf_t));
+    if (tc == NULL) {
+        return kou_conf_ctx_oom(c);
+    }
+    tc->node = map;
+    tc->protocols = KOU_TLS_V12 | KOU_TLS_V13;
+
+    top = kou_conf_get(map, "certificate") != NULL
+          || kou_conf_get(map, "key") != NULL;
+    list = kou_conf_get(map, "certificates");
+    if (list != NULL) {
+        if (list->type != KOU_NODE_SEQ || list->n == 0) {
+            return kou_conf_bad(c, list, "certificates", "a list of "
+                                "{server_names, certificate, key} entries");
+        }
+        cnt = list->n;
+    }
+    if (!top && list == NULL) {
+        return kou_conf_error(map, c->err, c->errlen,
+                              "tls: expected \"certificate\" and \"key\" "
+                              "(PEM files), or \"certificates\" (a list of "
+                              "{server_names, certificate, key})");
+    }
+    tc->certs = kou_arena_alloc(c->arena, (cnt + 1)
+                                          * sizeof(kou_tls_cert_conf_t));
+    if (tc->certs == NULL) {
+        return kou_conf_ctx_oom(c);
+    }
+    if (top) {
+        if (kou_conf_tls_pair(c, map, &tc->certs[0]) != KOU_OK) {
+            return KOU_ERROR;
+        }
+        tc->ncerts = 1;
+    }
+    for (size_t i = 0; i < cnt; i++) {
+        kou_tls_cert_conf_t *cc = &tc->certs[tc->ncerts];
+
+        entry = list->items[i];
+        if (entry->type != KOU_NODE_MAP) {
+            return kou_conf_bad(c, entry, "certificates", "a mapping with "
+                                "server_names, certificate and key");
+        }
+        if (kou_conf_check_keys(c, entry, kou_conf_tls_cert_keys,
+                                "in a certificates entry") != KOU_OK
+            || kou_conf_tls_pair(c, entry, cc) != KOU_OK)
+        {
+            return KOU_ERROR;
+        }
+        n = kou_conf_get(entry, "server_names");
+        if (n == NULL) {
+            return kou_conf_error(entry, c->err, c->errlen,
+                                  "certificates entry needs \"server_names\" "
+                                  "(the host names it serves)");
+        }
+        if (kou_conf_tls_names(c, n, tc, cc) != KOU_OK) {
+            return KOU_ERROR;
+        }
+        tc->ncerts++;
+    }
+
+    n = kou_conf_get(map, "protocols");
+    if (n != NULL && kou_conf_tls_protocols(c, n, &tc->protocols) != KOU_OK) {
+        return KOU_ERROR;
+    }
+    n = kou_conf_get(map, "ciphers");
+    if (n != NULL) {
+        if (kou_conf_tls_list(c, n, "ciphers", &tc->ciphers) != KOU_OK) {
+            return KOU_ERROR;
+        }
+        tc->ciphers_node = n;
+    }
+    n = kou_conf_get(map, "ciphersuites");
+    if (n != NULL) {
+        if (kou_conf_tls_list(c, n, "ciphersuites", &tc->ciphersuites)
+            != KOU_OK)
+        {
+            return KOU_ERROR;
+        }
+        tc->ciphersuites_node = n;
+    }
+    n = kou_conf_get(map, "groups");
+    if (n != NULL) {
+        if (kou_conf_tls_list(c, n, "groups", &tc->groups) != KOU_OK) {
+            return KOU_ERROR;
+        }
+        tc->groups_node = n;
+    }
+    lc->tls = map;
+    lc->tls_conf = tc;
+    return KOU_OK;
+}
+
 static int
 kou_conf_listen_entry(kou_conf_ctx_t *c, const kou_conf_t *entry,
                       kou_listen_conf_t *lc)
@@ -1437,14 +1761,8 @@ kou_conf_listen_entry(kou_conf_ctx_t *c, const kou_conf_t *entry,
             lc->backlog = (int) v;
         }
         n = kou_conf_get(entry, "tls");
-        if (n != NULL) {
-            if (n->type != KOU_NODE_MAP) {
-                return kou_conf_bad(c, n, "tls", "a mapping of TLS settings");
-            }
-            /* refused rather than ignored: it would serve plain HTTP */
-            return kou_conf_error(n, c->err, c->errlen,
-                                  "tls: TLS listeners are not supported by "
-                                  "this build yet");
+        if (n != NULL && kou_conf_tls(c, n, lc) != KOU_OK) {
+            return KOU_ERROR;
         }
     }
     if (kou_conf_addr(c, addr, lc) != KOU_OK) {

@@ -56,7 +56,41 @@ typedef struct {
     uint64_t max_headers;       /* count */
     uint64_t max_body;          /* bytes */
     uint64_t max_connections;   /* per worker */
+    uint64_t tls_handshake_timeout;  /* ms, from accept to a finished
+                                        handshake */
 } kou_limits_t;
+
+/* TLS protocol versions a listener accepts (bits of kou_tls_conf_t). */
+#define KOU_TLS_V12 0x1u
+#define KOU_TLS_V13 0x2u
+
+/* One certificate of a TLS listener and the names it serves. */
+typedef struct {
+    char             *certificate;  /* resolved path of the PEM chain */
+    char             *key;          /* resolved path of the private key */
+    const kou_conf_t *cert_node;    /* where each was written, for errors */
+    const kou_conf_t *key_node;
+    kou_str_t        *names;        /* server_names, lower-case; none for the
+                                       default given at the tls: level */
+    size_t            nnames;
+} kou_tls_cert_conf_t;
+
+/*
+ * A listener's tls: block, checked for syntax only: the files are read by
+ * OpenSSL in tls.c (kourier -t, the validation child and each worker).
+ */
+typedef struct {
+    kou_tls_cert_conf_t *certs;     /* [0] is the default certificate */
+    size_t               ncerts;
+    unsigned             protocols; /* KOU_TLS_V12 | KOU_TLS_V13 */
+    char                *ciphers;   /* OpenSSL list; NULL: built-in default */
+    char                *ciphersuites;   /* TLS 1.3; NULL: OpenSSL's */
+    char                *groups;    /* NULL: OpenSSL's */
+    const kou_conf_t    *ciphers_node;
+    const kou_conf_t    *ciphersuites_node;
+    const kou_conf_t    *groups_node;
+    const kou_conf_t    *node;      /* the tls: map */
+} kou_tls_conf_t;
 
 typedef struct {
     char                   *text;     /* as written, NUL-terminated */
@@ -65,6 +99,7 @@ typedef struct {
     int                     backlog;
     const kou_conf_t       *node;     /* the listen entry */
     const kou_conf_t       *tls;      /* its tls: map, or NULL */
+    kou_tls_conf_t         *tls_conf; /* that map's settings, or NULL */
 } kou_listen_conf_t;
 
 typedef struct {
@@ -94,6 +129,7 @@ typedef struct kou_config_s {
     char              *user;          /* NULL: do not change */
     char              *group;         /* NULL: the user's group */
     kou_limits_t       limits;
+    uint64_t           tls_ticket_rotation;  /* ms between ticket keys */
 
     kou_listen_conf_t *listen;
     size_t             nlisten;

@@ -17,6 +17,7 @@
 #include "http_request.h"
 #include "log.h"
 #include "shm.h"
+#include "tls.h"
 #include "worker.h"
 
 #define KOU_OBUF_SIZE     16384
@@ -41,6 +42,7 @@ static void kou_conn_post_handler(kou_post_t *p);
 static void kou_conn_finish_run(kou_conn_t *c);
 static void kou_conn_ev_closed(kou_ev_t *ev, uint32_t events);
 static void kou_conn_free_post(kou_post_t *p);
+static void kou_conn_handshake(kou_conn_t *c);
 
 int
 kou_conn_in_alloc(kou_conn_t *c)
@@ -249,15 +251,31 @@ kou_conn_out_free(kou_conn_t *c)
     c->out_bytes = 0;
 }
 
-void
-kou_conn_flush(kou_conn_t *c)
+/*
+ * Some output was written after the socket had been full: the send timeout
+ * counts from the last progress, not from the start of the response.
+ */
+static inline void
+kou_conn_progress(kou_conn_t *c)
+{
+    if (c->write_blocked) {
+        c->write_blocked = 0;
+        if (c->timer_kind == KOU_TIMER_SEND) {
+            kou_timer_add(&c->timer, kou_worker.cf->limits.send_timeout);
+        }
+    }
+}
+
+/*
+ * Plain TCP: the memory blocks of the chain go out with one writev per
+ * batch, file ranges with sendfile. KOU_OK once everything is written,
+ * KOU_AGAIN when the kernel is full, KOU_ERROR (chain dropped).
+ */
+static int
+kou_conn_flush_plain(kou_conn_t *c)
 {
     struct iovec iov[KOU_IOV_MAX];
 
-    if (c->error) {
-        kou_conn_out_free(c);
-        return;
-    }
     while (c->out_bytes > 0) {
         int         n = 0;
         ssize_t     w;
@@ -272,14 +290,15 @@ kou_conn_flush(kou_conn_t *c)
             w = kou_conn_send_file(c, b);
             if (w < 0) {
                 kou_conn_out_free(c);
-                return;
+                return KOU_ERROR;
             }
             if (w == 0) {
                 c->write_blocked = 1;
-                return;
+                return KOU_AGAIN;
             }
             b->pos += (size_t) w;
             c->out_bytes -= (size_t) w;
+            kou_conn_progress(c);
             if (b->pos == b->last) {
                 c->out_head = b->next;
                 if (c->out_head == NULL) {
@@ -303,13 +322,13 @@ kou_conn_flush(kou_conn_t *c)
             }
             if (errno == EAGAIN) {
                 c->write_blocked = 1;
-                return;
+                return KOU_AGAIN;
             }
             kou_log_debug("client %s: write: %s", c->addr_text,
                           strerror(errno));
             c->error = 1;
             kou_conn_out_free(c);
-            return;
+            return KOU_ERROR;
         }
         c->out_bytes -= (size_t) w;
         while (c->out_head != NULL && c->out_head->fd < 0) {
@@ -332,13 +351,107 @@ kou_conn_flush(kou_conn_t *c)
                 break;
             }
         }
-        if (c->write_blocked) {
-            c->write_blocked = 0;
-            if (c->timer_kind == KOU_TIMER_SEND) {
-                /* progress: the send timeout counts from the last write */
-                kou_timer_add(&c->timer, kou_worker.cf->limits.send_timeout);
+        kou_conn_progress(c);
+    }
+    return KOU_OK;
+}
+
+/*
+ * TLS: plaintext of the chain (file ranges read with pread) is encrypted
+ * into the connection's ciphertext buffer while it has room for a record;
+ * a memory block is one SSL_write per 16 KiB, so a batch of pipelined
+ * responses sharing a block becomes one record. Returns KOU_ERROR on a TLS
+ * or file error.
+ */
+static int
+kou_conn_tls_fill(kou_conn_t *c)
+{
+    kou_obuf_t *b;
+    ssize_t     n;
+
+    while ((b = c->out_head) != NULL && kou_tls_room(c)) {
+        if (b->pos == b->last) {
+            if (b->next == NULL) {
+                b->pos = b->last = 0;   /* the tail block is reused */
+                break;
+            }
+            c->out_head = b->next;
+            kou_obuf_release(b);
+            continue;
+        }
+        if (b->fd >= 0) {
+            n = kou_tls_write_file(c, b->fd, b->pos, b->last - b->pos);
+        } else {
+            n = kou_tls_write(c, b->data + b->pos, b->last - b->pos);
+        }
+        if (n < 0) {
+            return KOU_ERROR;
+        }
+        b->pos += (size_t) n;
+        c->out_bytes -= (size_t) n;
+        if (b->pos == b->last && b->fd >= 0) {
+            c->out_head = b->next;
+            if (c->out_head == NULL) {
+                c->out_tail = NULL;
+            }
+            kou_obuf_release(b);
+        }
+    }
+    return KOU_OK;
+}
+
+/*
+ * Alternate between writing the ciphertext buffer and refilling it, so
+ * memory stays at a few records however large the response, and a write
+ * that does not complete stops the encryption too (back-pressure).
+ */
+static int
+kou_conn_flush_tls(kou_conn_t *c)
+{
+    size_t before;
+    int    rc;
+
+    for (;;) {
+        if (kou_tls_unsent(c)) {
+            before = c->out_bytes;
+            rc = kou_tls_send(c);
+            if (c->out_bytes < before) {
+                kou_conn_progress(c);
+            }
+            if (rc == KOU_AGAIN) {
+                c->write_blocked = 1;
+                return KOU_AGAIN;
+            }
+            if (rc != KOU_OK) {
+                c->error = 1;
+                kou_conn_out_free(c);
+                return KOU_ERROR;
             }
         }
+        if (c->out_bytes == 0) {
+            return KOU_OK;
+        }
+        if (kou_conn_tls_fill(c) != KOU_OK || !kou_tls_unsent(c)) {
+            /* nothing to write although bytes are counted: give up */
+            c->error = 1;
+            kou_conn_out_free(c);
+            return KOU_ERROR;
+        }
+    }
+}
+
+void
+kou_conn_flush(kou_conn_t *c)
+{
+    int rc;
+
+    if (c->error) {
+        kou_conn_out_free(c);
+        return;
+    }
+    rc = c->tls == NULL ? kou_conn_flush_plain(c) : kou_conn_flush_tls(c);
+    if (rc != KOU_OK) {
+        return;
     }
     c->write_blocked = 0;
     /* An empty chain keeps no block: idle connections hold no memory. */
@@ -355,6 +468,9 @@ kou_conn_read(kou_conn_t *c)
 {
     ssize_t total = 0;
 
+    if (c->tls != NULL) {
+        return kou_tls_read(c);
+    }
     if (kou_conn_in_alloc(c) != KOU_OK) {
         return KOU_ERROR;
     }
@@ -490,6 +606,9 @@ kou_conn_linger(kou_conn_t *c)
     if (c->error || c->eof) {
         kou_conn_close(c);
         return;
+    }
+    if (c->tls != NULL) {
+        kou_tls_shutdown(c);   /* close_notify before the FIN */
     }
     shutdown(c->ev.fd, SHUT_WR);
     kou_conn_state(c, KOU_CONN_LINGER);
@@ -679,6 +798,7 @@ kou_conn_ev_handler(kou_ev_t *ev, uint32_t events)
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
         c->readable = 1;
+        c->sock_readable = 1;
     }
     if (events & (EPOLLHUP | EPOLLERR)) {
         if (!(events & EPOLLIN)) {
@@ -689,6 +809,82 @@ kou_conn_ev_handler(kou_ev_t *ev, uint32_t events)
         kou_conn_flush(c);
     }
     kou_conn_run(c);
+}
+
+/* Readiness of a TLS connection whose handshake is not finished. */
+static void
+kou_conn_hs_ev_handler(kou_ev_t *ev, uint32_t events)
+{
+    kou_conn_t *c = ev->data;
+
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        c->readable = 1;
+        c->sock_readable = 1;
+    }
+    if ((events & EPOLLOUT) && c->out_bytes > 0) {
+        kou_conn_flush(c);
+        if (c->error) {
+            if (kou_slot != NULL) {
+                kou_slot->tls_handshakes_failed++;
+            }
+            kou_conn_close(c);
+            return;
+        }
+    }
+    if (c->sock_readable) {
+        kou_conn_handshake(c);
+    }
+}
+
+/*
+ * One step of a TLS handshake. The timeout counts from the accept and is
+ * not re-armed by progress: a client trickling handshake bytes gets no
+ * more time than a silent one.
+ */
+static void
+kou_conn_handshake(kou_conn_t *c)
+{
+    switch (kou_tls_handshake(c)) {
+    case KOU_OK:
+        if (kou_slot != NULL) {
+            kou_slot->tls_handshakes_ok++;
+        }
+        /* the rest of the flight (tickets) goes out with the response */
+        c->ev.handler = kou_conn_ev_handler;
+        kou_conn_run(c);
+        return;
+    case KOU_AGAIN:
+        if (c->out_bytes > 0) {
+            kou_conn_flush(c);
+            if (c->error) {
+                break;
+            }
+        }
+        if (c->timer_kind != KOU_TIMER_HANDSHAKE) {
+            c->timer_kind = KOU_TIMER_HANDSHAKE;
+            kou_timer_add(&c->timer,
+                          kou_worker.cf->limits.tls_handshake_timeout);
+        }
+        return;
+    case KOU_DECLINED:
+        /* plain HTTP: answer in plain text, close like any error */
+        if (kou_slot != NULL) {
+            kou_slot->tls_handshakes_failed++;
+        }
+        c->ev.handler = kou_conn_ev_handler;
+        c->closing = 1;
+        c->linger = 1;
+        kou_conn_run(c);
+        return;
+    default:
+        /* one try at sending the alert OpenSSL queued */
+        kou_conn_flush(c);
+        break;
+    }
+    if (kou_slot != NULL && kou_tls_handshake_started(c)) {
+        kou_slot->tls_handshakes_failed++;
+    }
+    kou_conn_close(c);
 }
 
 static void
@@ -744,6 +940,14 @@ kou_conn_timer_handler(kou_timer_t *t)
         kou_log_info("client %s: send timed out", c->addr_text);
         kou_conn_close(c);
         return;
+    case KOU_TIMER_HANDSHAKE:
+        kou_log_info("client %s: TLS handshake not completed in time",
+                     c->addr_text);
+        if (kou_slot != NULL) {
+            kou_slot->tls_handshakes_failed++;
+        }
+        kou_conn_close(c);
+        return;
     case KOU_TIMER_LINGER:
         if (kou_loop.now >= c->linger_until) {
             kou_conn_close(c);
@@ -772,6 +976,11 @@ kou_conn_close(kou_conn_t *c)
     }
     kou_timer_del(&c->timer);
     kou_loop_unpost(&c->post);
+    if (c->tls != NULL) {
+        kou_tls_shutdown(c);
+        kou_conn_out_free(c);
+        kou_tls_conn_free(c);
+    }
     kou_conn_out_free(c);
     kou_conn_in_release(c);
     /* close() removes the fd from epoll: no epoll_ctl needed */
@@ -861,6 +1070,14 @@ kou_conn_accept_handler(kou_ev_t *ev, uint32_t events)
             kou_slot->conns_idle++;   /* calloc: c->state is IDLE */
         }
 
+        if (ls->tls != NULL) {
+            if (kou_tls_conn_create(c, ls->tls) != KOU_OK) {
+                kou_log_error("accept on %s: no memory for TLS", ls->text);
+                kou_conn_close(c);
+                continue;
+            }
+            c->ev.handler = kou_conn_hs_ev_handler;
+        }
         if (kou_loop_add(&c->ev, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
             != KOU_OK)
         {
@@ -870,7 +1087,12 @@ kou_conn_accept_handler(kou_ev_t *ev, uint32_t events)
         }
         /* Data usually arrives with the connection (deferred accept). */
         c->readable = 1;
-        kou_conn_run(c);
+        c->sock_readable = 1;
+        if (c->tls != NULL) {
+            kou_conn_handshake(c);
+        } else {
+            kou_conn_run(c);
+        }
     }
     (void) events;
 }

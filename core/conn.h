@@ -6,6 +6,13 @@
  * buffer comes from a per-worker free list when bytes arrive and goes back
  * when the connection is idle with nothing buffered. Output goes to a chain
  * of blocks (also from a free list) written with one writev per batch.
+ *
+ * TLS (c->tls != NULL) changes only the edges: kou_conn_read decrypts into
+ * the same input buffer, and kou_conn_flush encrypts the chain into a
+ * ciphertext buffer written with one write per batch (see tls.h). For such
+ * a connection out_bytes counts plaintext still in the chain plus
+ * ciphertext not yet written, so "out_bytes == 0" still means "everything
+ * reached the kernel".
  */
 
 #ifndef KOU_CONN_H
@@ -19,6 +26,8 @@
 #include "timer.h"
 
 typedef struct kou_conn_s kou_conn_t;
+typedef struct kou_tls_conn_s kou_tls_conn_t;
+typedef struct kou_tls_listener_s kou_tls_listener_t;
 
 typedef struct kou_listener_s {
     kou_ev_t                ev;
@@ -26,6 +35,7 @@ typedef struct kou_listener_s {
     struct sockaddr_storage addr;
     socklen_t               addrlen;
     bool                    active;   /* registered with the loop */
+    kou_tls_listener_t     *tls;      /* HTTPS listener, or NULL */
 } kou_listener_t;
 
 typedef struct kou_obuf_s kou_obuf_t;
@@ -55,7 +65,8 @@ typedef enum {
     KOU_TIMER_BODY,
     KOU_TIMER_IDLE,
     KOU_TIMER_SEND,
-    KOU_TIMER_LINGER
+    KOU_TIMER_LINGER,
+    KOU_TIMER_HANDSHAKE
 } kou_conn_timer_e;
 
 struct kou_conn_s {
@@ -74,6 +85,8 @@ struct kou_conn_s {
     size_t          out_bytes;   /* queued, not yet written */
     uint64_t        queued;      /* bytes ever queued (for request stats) */
 
+    kou_tls_conn_t *tls;         /* TLS state (tls.c), or NULL */
+
     struct kou_request_s *r;     /* the request being served, or NULL */
     struct kou_request_s *parsing; /* holds the parser while a head is partial */
 
@@ -90,6 +103,9 @@ struct kou_conn_s {
     unsigned        draining:1;    /* worker is stopping: last response */
     unsigned        error:1;       /* socket error; drop output */
     unsigned        linger:1;      /* lingering close after the output */
+    unsigned        sock_readable:1;  /* the socket itself may have bytes
+                                         (TLS: readable also counts the
+                                         ciphertext already read) */
 
     char            addr_text[48];
     kou_str_t       addr;

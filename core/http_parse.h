@@ -91,15 +91,22 @@ void kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
  * bytes (if any) start at buf + p->head_len. Unknown but valid token methods
  * return KOU_OK with method_id KOU_METHOD_UNKNOWN (the caller decides 501).
  * Limits are applied to partial input: a request line that already exceeds
- * the limit without its CRLF gets 414 at once. After any result other than
- * KOU_AGAIN, call kou_http_parser_init before parsing the next request.
+ * the limit without its CRLF gets 414 at once. Faults are answered as soon
+ * as no later byte can change the answer: a field line starting with SP or
+ * HTAB (obs-fold) is 400 at that byte; a request line is judged when the
+ * 8 bytes of its version are in, so "GET / HTTP/2.0" is 505 before its
+ * CRLF (and stays 505 whatever follows), "GET / HTTP/1.1x" is 400 at the
+ * "x". After any result other than KOU_AGAIN, call kou_http_parser_init
+ * before parsing the next request.
  */
 int kou_http_parse_request(kou_http_parser_t *p, const u_char *buf,
                            size_t len);
 
 /*
  * Implementation tiers. All give byte-for-byte the same results; they
- * differ only in how many bytes they classify per instruction.
+ * differ only in how many bytes they classify per instruction. avx512
+ * needs AVX-512BW and VL, and uses VBMI's byte permutes where the CPU has
+ * them. Only scalar is built for other CPUs than x86-64.
  */
 typedef enum {
     KOU_SIMD_SCALAR = 0,
@@ -110,15 +117,20 @@ typedef enum {
 } kou_simd_tier_e;
 
 /*
- * Choose the tier for this process, once, at start-up: the one named by
- * the environment variable KOURIER_SIMD (scalar, sse42, avx2, avx512) if
- * set and usable, else the best the CPU supports. Returns KOU_OK, or
- * KOU_ERROR (with the best tier selected) when KOURIER_SIMD names a tier
- * that is unknown or that this CPU or build cannot run.
+ * Choose the tier for this process, once, at start-up, before any thread
+ * parses: the one named by the environment variable KOURIER_SIMD (scalar,
+ * sse42, avx2, avx512) if set and usable, else the fastest the CPU runs:
+ * avx2, then avx512, sse42, scalar (AVX-512 measured slower than AVX2 on
+ * the short lines of HTTP heads). Returns KOU_OK, or KOU_ERROR (with that
+ * default selected) when KOURIER_SIMD names a tier that is unknown or that
+ * this CPU or build cannot run.
  */
 int kou_http_parser_select(void);
 
-/* Force a tier (tests, benchmarks). KOU_ERROR if it cannot run here. */
+/*
+ * Force a tier (tests, benchmarks); like select, not while another thread
+ * parses. KOU_ERROR if it cannot run here.
+ */
 int kou_http_parser_set_tier(unsigned tier);
 
 /* Can this tier run on this CPU, and was it built? */
@@ -133,9 +145,17 @@ kou_str_t kou_http_method_name(unsigned method_id);
 
 /* ---- chunked body decoder ---- */
 
+/*
+ * The most bytes a chunk-size line may hold, chunk-size and chunk-exts,
+ * CRLF excluded; the byte after them that is not its CR is 400. Without a
+ * bound a client could keep the decoder reading extensions forever.
+ */
+#define KOU_HTTP_CHUNK_LINE_MAX 4096
+
 typedef struct {
     unsigned state;
     uint64_t remaining;       /* bytes left in the current chunk */
+    size_t   line_bytes;      /* bytes of the current chunk-size line */
     size_t   trailer_bytes;   /* bytes of trailer field lines seen */
     size_t   max_trailer;     /* limit for the trailer section; over: 431 */
 } kou_http_chunked_t;
@@ -154,7 +174,8 @@ void kou_http_chunked_init(kou_http_chunked_t *ch, size_t max_trailer);
  *   KOU_DONE  - the last chunk and the trailer section are complete;
  *               *consumed bytes belong to the body, the rest to the next
  *               request
- *   400       - bad chunk-size, chunk-ext, missing CRLF, bad trailer field
+ *   400       - bad chunk-size, chunk-ext, missing CRLF, bad trailer field,
+ *               chunk-size line over KOU_HTTP_CHUNK_LINE_MAX
  *   431       - trailer section over max_trailer
  * Chunk sizes that overflow 64 bits are 400.
  */

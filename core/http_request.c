@@ -178,16 +178,16 @@ kou_http_run_log_hooks(kou_request_t *r)
     kou_modules_t *ms = kou_worker.mods;
     kou_config_t  *cf = kou_worker.cf;
 
-    if (r->route == NULL) {
-        return;
-    }
+    /* requests that matched no route (404, 405, 501) are logged too */
     for (size_t i = 0; i < cf->nhooks[KOU_PHASE_LOG]; i++) {
         size_t             mi = cf->hooks[KOU_PHASE_LOG][i];
         kou_module_inst_t *m = &ms->mods[mi];
 
         if (m->m->log != NULL) {
             m->m->log(r, m->state,
-                      kou_modules_route_state(ms, r->route->route.index, mi));
+                      r->route == NULL ? NULL
+                      : kou_modules_route_state(ms, r->route->route.index,
+                                                mi));
         }
     }
 }
@@ -516,6 +516,10 @@ kou_http_body_feed(kou_request_t *r)
     while (!r->body_done && c->in_start < c->in_end) {
         const u_char *avail = c->in + c->in_start;
         size_t        n = c->in_end - c->in_start;
+
+        if (r->body_paused && !r->resp_done) {
+            break;  /* back-pressure: the bytes wait in the buffer */
+        }
 
         if (!r->p.chunked) {
             size_t take = (size_t) kou_min((uint64_t) n, r->body_left);
@@ -959,10 +963,10 @@ kou_r_request_info(kou_request_t *r, kou_request_info_t *info)
     i.start_us = r->start_us;
     i.end_us = r->end_us;
     i.start_time = r->start_time;
-    /* the request line runs from the method to the first CR */
-    end = memchr(r->p.method.p, '\r', r->p.head_len);
+    /* the request line runs from the method to the end of the version */
+    end = r->p.target.p + r->p.target.n + sizeof(" HTTP/1.1") - 1;
     i.request_line.p = r->p.method.p;
-    i.request_line.n = end ? (size_t) (end - r->p.method.p) : 0;
+    i.request_line.n = (size_t) (end - r->p.method.p);
     i.route = kou_r_route(r);
     i.aborted = r->aborted;
     memcpy(info, &i, size);
@@ -982,7 +986,9 @@ kou_r_finish(kou_request_t *r)
             c->error = 1;
         }
     }
-    if (r->resp_length >= 0 && r->resp_sent < (uint64_t) r->resp_length) {
+    if (r->resp_length >= 0 && r->resp_sent < (uint64_t) r->resp_length
+        && !r->resp_no_body)
+    {
         kou_log_error("module finished after %llu of %lld bytes: "
                       "closing the connection",
                       (unsigned long long) r->resp_sent,

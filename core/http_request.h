@@ -60,6 +60,7 @@ struct kou_request_s {
     unsigned                body_wanted:1;
     unsigned                body_progress:1;  /* bytes since the timer was armed */
     unsigned                aborted:1;
+    unsigned                body_paused:1;    /* read_body_pause: hold on */
 
     /* response */
     unsigned                head_sent:1;

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "master.h"
 #include "module.h"
+#include "tls.h"
 
 #define KOU_RELOAD_WAIT_MS 120000
 
@@ -29,7 +30,8 @@ kou_usage(FILE *f)
             "  -p PREFIX  directory relative paths resolve against "
             "(default: current directory)\n"
             "  -F         stay in the foreground, log to stderr\n"
-            "  -t         test the configuration and its modules, then exit\n"
+            "  -t         test the configuration, its modules and TLS "
+            "certificates, then exit\n"
             "  -s SIGNAL  tell the running master: reload (waits for the "
             "verdict), reopen, quit, stop\n"
             "  -V         version, build options, parser tier\n"
@@ -227,6 +229,12 @@ kou_test_config(const char *file, const char *prefix)
     {
         fprintf(stderr, "kourier: %s\n", err);
         fprintf(stderr, "kourier: configuration %s test failed\n", file);
+        return 1;
+    }
+    if (kou_tls_check(cf, err, sizeof(err)) != KOU_OK) {
+        fprintf(stderr, "kourier: %s\n", err);
+        fprintf(stderr, "kourier: configuration %s test failed\n", file);
+        kou_config_free(cf);
         return 1;
     }
     if (kou_modules_load(cf, &ms, err, sizeof(err)) != KOU_OK) {

@@ -28,6 +28,7 @@
 #include "master.h"
 #include "module.h"
 #include "shm.h"
+#include "tls.h"
 #include "worker.h"
 
 #define KOU_MAX_PROCS        1024
@@ -92,6 +93,7 @@ typedef struct {
     int              nstats;           /* statistics slots in shm */
     int             *respawn_stat;     /* slot -> stat slot to reuse */
     uint64_t         verdict_seq;
+    uint64_t         tls_rotate_at;    /* next session ticket key */
 } kou_master_t;
 
 static kou_master_t M;
@@ -249,8 +251,12 @@ kou_master_listeners(kou_config_t *cf, int *fds, char *err, size_t errlen)
         kou_listen_conf_t *lc = &cf->listen[i];
         size_t             k;
 
+        /*
+         * An address written twice (port 0: two ephemeral ports) takes a
+         * socket per entry, in order: not one already used by this config.
+         */
         for (k = 0; k < M.nls; k++) {
-            if (strcmp(M.ls[k].text, lc->text) == 0) {
+            if (!M.ls[k].keep && strcmp(M.ls[k].text, lc->text) == 0) {
                 break;
             }
         }
@@ -338,7 +344,10 @@ kou_master_validate(kou_config_t *cf, char *err, size_t errlen)
 
         close(pfd[0]);
         kou_log_set_role("validator");
-        if (kou_modules_load(cf, &ms, msg, sizeof(msg)) != KOU_OK) {
+        /* certificates first: they are re-read on every reload */
+        if (kou_tls_check(cf, msg, sizeof(msg)) != KOU_OK
+            || kou_modules_load(cf, &ms, msg, sizeof(msg)) != KOU_OK)
+        {
             if (write(pfd[1], msg, strlen(msg)) < 0) {
                 (void) 0;
             }
@@ -533,14 +542,39 @@ kou_master_fds(kou_config_t *cf)
         n = cf->nlisten;
     }
     for (size_t i = 0; i < cf->nlisten; i++) {
+        size_t nth = 0;
+
+        /* the nth entry with this text has the nth socket with it */
+        for (size_t j = 0; j < i; j++) {
+            nth += strcmp(cf->listen[j].text, cf->listen[i].text) == 0;
+        }
         fds[i] = -1;
-        for (size_t k = 0; k < M.nls; k++) {
-            if (strcmp(M.ls[k].text, cf->listen[i].text) == 0) {
+        for (size_t k = 0; k < M.nls && fds[i] < 0; k++) {
+            if (strcmp(M.ls[k].text, cf->listen[i].text) == 0 && nth-- == 0) {
                 fds[i] = M.ls[k].fd;
             }
         }
     }
     return fds;
+}
+
+/* Mark the sockets cf uses as kept, the others for closing. */
+static void
+kou_master_keep(kou_config_t *cf)
+{
+    int *fds = kou_master_fds(cf);
+
+    for (size_t i = 0; i < M.nls; i++) {
+        M.ls[i].keep = false;
+        for (size_t k = 0; k < cf->nlisten; k++) {
+            /* without memory for the map, keep every socket of the text */
+            if (fds != NULL ? fds[k] == M.ls[i].fd
+                            : strcmp(M.ls[i].text, cf->listen[k].text) == 0)
+            {
+                M.ls[i].keep = true;
+            }
+        }
+    }
 }
 
 static int
@@ -592,16 +626,7 @@ kou_master_reload_abort(const char *msg)
         kou_config_free(M.next_cf);
         M.next_cf = NULL;
         /* keep only the listeners the serving config uses */
-        int *fds = kou_master_fds(M.cf);
-        (void) fds;
-        for (size_t i = 0; i < M.nls; i++) {
-            M.ls[i].keep = false;
-            for (size_t k = 0; k < M.cf->nlisten; k++) {
-                if (strcmp(M.ls[i].text, M.cf->listen[k].text) == 0) {
-                    M.ls[i].keep = true;
-                }
-            }
-        }
+        kou_master_keep(M.cf);
         kou_master_prune_listeners();
     }
     kou_master_verdict(false, msg);
@@ -679,14 +704,7 @@ kou_master_reload_commit(void)
     for (size_t i = 0; i < M.nslots; i++) {
         M.respawn_at[i] = 0;
     }
-    for (size_t i = 0; i < M.nls; i++) {
-        M.ls[i].keep = false;
-        for (size_t k = 0; k < M.cf->nlisten; k++) {
-            if (strcmp(M.ls[i].text, M.cf->listen[k].text) == 0) {
-                M.ls[i].keep = true;
-            }
-        }
-    }
+    kou_master_keep(M.cf);
     kou_master_prune_listeners();
     kou_config_free(old);
     kou_log_notice("reload done: generation %llu serving with %d workers",
@@ -710,6 +728,12 @@ kou_master_find(pid_t pid)
 static void
 kou_master_remove(kou_proc_t *p)
 {
+    /* its statistics slot: counters stay, the gauges of a dead worker go */
+    if (kou_shm != NULL && p->stat >= 0 && p->stat < kou_shm->pub.nslots) {
+        kou_slot_stats_t *s = (kou_slot_stats_t *) &kou_shm->pub.slots[p->stat];
+        s->pid = 0;
+        s->conns_reading = s->conns_idle = s->conns_writing = 0;
+    }
     if (p->ready_fd >= 0) {
         close(p->ready_fd);
     }
@@ -1013,6 +1037,7 @@ kou_master_timeout(void)
     if (M.next_cf != NULL) {
         next = kou_min(next, M.reload_deadline);
     }
+    next = kou_min(next, M.tls_rotate_at);
     for (size_t i = 0; i < M.nprocs; i++) {
         if (M.procs[i].state == KOU_PROC_DRAINING && !M.stopping) {
             /* old generations: enforce shutdown_timeout from here too */
@@ -1087,6 +1112,12 @@ kou_master_run(const kou_master_opts_t *opts, kou_config_t *cf)
         return 1;
     }
     kou_shm->pub.generation = M.gen;
+    if (kou_tls_ticket_keys_init() != KOU_OK) {
+        kou_log_error("cannot create TLS session ticket keys: no random "
+                      "bytes from OpenSSL");
+        return 1;
+    }
+    M.tls_rotate_at = kou_mono_ms() + cf->tls_ticket_rotation;
 
     signal(SIGPIPE, SIG_IGN);
     sigemptyset(&set);
@@ -1172,6 +1203,16 @@ kou_master_run(const kou_master_opts_t *opts, kou_config_t *cf)
         {
             M.reload_pending = false;
             kou_master_reload_start();
+        }
+        if (now >= M.tls_rotate_at) {
+            /* a failure keeps the current key one more period */
+            if (kou_tls_ticket_keys_rotate() != KOU_OK) {
+                kou_log_error("TLS session ticket key rotation failed: "
+                              "no random bytes from OpenSSL");
+            } else {
+                kou_log_info("TLS session ticket keys rotated");
+            }
+            M.tls_rotate_at = now + M.cf->tls_ticket_rotation;
         }
         for (size_t i = 0; i < M.nslots && !M.stopping; i++) {
             if (M.respawn_at[i] != 0 && now >= M.respawn_at[i]) {

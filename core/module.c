@@ -15,6 +15,7 @@
 #include "config.h"
 #include "event.h"
 #include "http_request.h"
+#include "http_upstream.h"
 #include "log.h"
 #include "module.h"
 #include "shm.h"
@@ -244,6 +245,13 @@ const kou_host_t kou_host = {
     .stats_slot = kou_host_stats_slot,
     .stats_slots = kou_host_stats_slots,
     .server_stats = kou_host_server_stats,
+
+    .parse_response = kou_host_parse_response,
+    .chunked_init = kou_host_chunked_init,
+    .chunked_parse = kou_host_chunked_parse,
+    .read_body_pause = kou_r_read_body_pause,
+    .is_tls = kou_r_is_tls,
+    .abort = kou_r_abort,
 };
 
 /* ---- loader ---- */

@@ -26,6 +26,16 @@ typedef struct {
     size_t size;
 } kou_shm_block_t;
 
+/*
+ * A TLS session ticket key (RFC 5077 layout: name, AES-256-CBC key,
+ * HMAC-SHA256 key). Written by the master only.
+ */
+typedef struct {
+    u_char name[16];
+    u_char aes[32];
+    u_char hmac[32];
+} kou_tls_ticket_key_t;
+
 typedef struct {
     kou_server_stats_t pub;                  /* host->server_stats() */
     char               last_reload_error[512];
@@ -34,6 +44,15 @@ typedef struct {
     size_t             arena_used;
     size_t             nblocks;
     kou_shm_block_t    blocks[KOU_SHM_BLOCKS];
+
+    /*
+     * Session ticket keys shared by every worker of every generation, so a
+     * ticket from one worker resumes on any other. [0] encrypts new
+     * tickets, [1] is the key it replaced (still decrypts). A seqlock: the
+     * master makes tls_keys_seq odd while it writes, readers retry.
+     */
+    uint64_t             tls_keys_seq;
+    kou_tls_ticket_key_t tls_keys[2];
 } kou_shm_t;
 
 /* The segment, or NULL before kou_shm_create (e.g. in `kourier -t`). */

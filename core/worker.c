@@ -19,6 +19,7 @@
 #include "http_request.h"
 #include "log.h"
 #include "shm.h"
+#include "tls.h"
 #include "worker.h"
 
 kou_worker_t kou_worker;
@@ -242,6 +243,24 @@ kou_worker_main(kou_config_t *cf, const int *listen_fds, int ready_fd,
     kou_worker_sig_ev.handler = kou_worker_signal;
     kou_loop_add(&kou_worker_sig_ev, EPOLLIN);
 
+    /*
+     * Certificates and keys are read before privileges are dropped: key
+     * files are usually readable by root only. Every worker reads them
+     * afresh, so a reload serves renewed certificates.
+     */
+    kou_worker.ls = calloc(cf->nlisten + 1, sizeof(kou_listener_t));
+    if (kou_worker.ls == NULL) {
+        kou_worker_fail(ready_fd, "out of memory");
+    }
+    for (size_t i = 0; i < cf->nlisten; i++) {
+        if (cf->listen[i].tls_conf != NULL
+            && kou_tls_listener_create(cf, i, false, &kou_worker.ls[i].tls,
+                                       err, sizeof(err)) != KOU_OK)
+        {
+            kou_worker_fail(ready_fd, err);
+        }
+    }
+
     if (kou_worker_drop_privileges(cf, err, sizeof(err)) != KOU_OK) {
         kou_worker_fail(ready_fd, err);
     }
@@ -258,10 +277,6 @@ kou_worker_main(kou_config_t *cf, const int *listen_fds, int ready_fd,
         kou_worker_fail(ready_fd, err);
     }
 
-    kou_worker.ls = calloc(cf->nlisten + 1, sizeof(kou_listener_t));
-    if (kou_worker.ls == NULL) {
-        kou_worker_fail(ready_fd, "out of memory");
-    }
     kou_worker.nls = cf->nlisten;
     for (size_t i = 0; i < cf->nlisten; i++) {
         kou_listener_t *ls = &kou_worker.ls[i];
@@ -289,6 +304,9 @@ kou_worker_main(kou_config_t *cf, const int *listen_fds, int ready_fd,
     /* requests first: their cleanups may still call into the modules */
     kou_conn_close_all();
     kou_loop_once(0);   /* run deferred frees */
+    for (size_t i = 0; i < kou_worker.nls; i++) {
+        kou_tls_listener_free(kou_worker.ls[i].tls);
+    }
     kou_modules_worker_exit(kou_worker.mods);
     kou_modules_unload(kou_worker.mods);
     kou_log_info("worker %d exiting", (int) getpid());

@@ -27,7 +27,7 @@ extern "C" {
 
 /** ABI version this header describes. */
 #define KOU_ABI_MAJOR 1
-#define KOU_ABI_MINOR 0
+#define KOU_ABI_MINOR 1
 
 /** Export macro for the entry function. */
 #define KOU_EXPORT __attribute__((visibility("default")))
@@ -189,6 +189,53 @@ typedef void (*kou_body_pt)(kou_request_t *r, kou_str_t data, int last,
 typedef void (*kou_callback_pt)(void *arg);
 typedef void (*kou_write_done_pt)(kou_request_t *r, void *arg);
 typedef void (*kou_io_pt)(kou_io_t *io, int fd, unsigned events, void *arg);
+
+/** How a response body is delimited (kou_response_head_t.body). */
+#define KOU_BODY_NONE    0  /**< no body: HEAD, 1xx, 204, 304 */
+#define KOU_BODY_LENGTH  1  /**< content_length bytes */
+#define KOU_BODY_CHUNKED 2  /**< chunked coding: decode with chunked_parse */
+#define KOU_BODY_CLOSE   3  /**< everything until the connection closes */
+
+/** Facts of a response head (kou_response_head_t.flags). */
+#define KOU_RESP_CLOSE      0x1u  /**< Connection names "close" */
+#define KOU_RESP_KEEP_ALIVE 0x2u  /**< Connection names "keep-alive" */
+#define KOU_RESP_UPGRADE    0x4u  /**< Connection names "upgrade" */
+#define KOU_RESP_TE_OTHER   0x8u  /**< Transfer-Encoding names a coding
+                                       other than chunked */
+
+/**
+ * A response head parsed by host->parse_response (a proxy reading its
+ * upstream). The caller fills the first four fields; the rest is output.
+ * Slices point into the buffer given to parse_response.
+ */
+typedef struct kou_response_head_s {
+    size_t        size;            /**< in: sizeof(kou_response_head_t) */
+    kou_header_t *headers;         /**< in: array for the fields */
+    size_t        max_headers;     /**< in: its length; more is an error */
+    size_t        max_head;        /**< in: most bytes the head may take */
+
+    int           status;          /**< 100..599 */
+    int           version;         /**< 10 or 11 (HTTP/1.x, x > 1, is 11) */
+    kou_str_t     reason;          /**< may be empty */
+    size_t        nheaders;
+    size_t        head_len;        /**< status line + fields + final CRLF */
+    int           body;            /**< KOU_BODY_* */
+    /**
+     * The Content-Length value when the head has one (even where it does
+     * not frame a body: a response to HEAD, a 304), -1 otherwise.
+     */
+    int64_t       content_length;
+    unsigned      flags;           /**< KOU_RESP_* */
+    const char   *error;           /**< after KOU_ERROR: what was wrong */
+} kou_response_head_t;
+
+/**
+ * State of a chunked-body decoder (host->chunked_init, chunked_parse).
+ * Opaque: the caller only provides the storage.
+ */
+typedef struct kou_chunked_s {
+    uint64_t opaque[8];
+} kou_chunked_t;
 
 /**
  * The server's function table, passed to kourier_module(). Valid for the
@@ -377,6 +424,60 @@ typedef struct kou_host_s {
     int (*stats_slots)(void);
     /** Counters kept by the server itself; see kou_server_stats_t. */
     const kou_server_stats_t *(*server_stats)(void);
+
+    /* ---- ABI 1.1: what a proxy needs (usable by any module) ---- */
+
+    /**
+     * Parse a response head from buf[0..len) as strictly as requests are
+     * parsed (RFC 9112): "HTTP/1.x SP 3DIGIT SP reason CRLF", token field
+     * names, no whitespace before the colon, no obs-fold, no CTL or NUL in
+     * values, CRLF line ends only. `method` is the request's method: the
+     * framing (h->body) follows RFC 9112 section 6.3 for it. Stateless:
+     * call again with the whole buffer when more bytes have arrived.
+     * Returns KOU_OK (the head is h->head_len bytes; a 1xx is a complete
+     * head too: skip it and parse the next), KOU_AGAIN (incomplete, valid
+     * so far) or KOU_ERROR (h->error says why; never relay such a
+     * response): a malformed head, one larger than h->max_head or with
+     * more than h->max_headers fields, Transfer-Encoding together with
+     * Content-Length, differing or malformed Content-Length values,
+     * "chunked" twice, or Transfer-Encoding in an HTTP/1.0 response.
+     */
+    int (*parse_response)(const char *buf, size_t len, kou_str_t method,
+                          kou_response_head_t *h);
+    /**
+     * Prepare a chunked-body decoder; a trailer section longer than
+     * max_trailer bytes is an error.
+     */
+    void (*chunked_init)(kou_chunked_t *ch, size_t max_trailer);
+    /**
+     * Decode chunked data from buf[0..len): consumes framing and at most
+     * one run of payload, returned in *data (a slice of buf, maybe empty);
+     * *consumed says how many bytes were used. Returns KOU_OK (call again
+     * with the rest), KOU_AGAIN (all of buf consumed, more needed), KOU_DONE
+     * (last chunk and trailers complete; bytes after *consumed are not the
+     * body's), or an HTTP status (400: malformed, 431: trailers too long).
+     */
+    int (*chunked_parse)(kou_chunked_t *ch, const char *buf, size_t len,
+                         size_t *consumed, kou_str_t *data);
+    /**
+     * Back-pressure on the request body (after read_body): while paused
+     * (paused = 1), on_data is not called; the body stays in the input
+     * buffer and, once that is full, in the kernel, which slows the
+     * client. paused = 0 resumes delivery (from the event loop, not inside
+     * this call). The body timeout keeps counting while paused. KOU_OK.
+     */
+    int (*read_body_pause)(kou_request_t *r, int paused);
+    /** 1 when the client connection is TLS (X-Forwarded-Proto), else 0. */
+    int (*is_tls)(kou_request_t *r);
+    /**
+     * Give up on a response that cannot be completed (an upstream that
+     * died half-way): the client connection is closed, so the client sees
+     * a truncated message, never a complete wrong one; the request ends as
+     * aborted and its cleanups run (not inside this call). Before the
+     * status line has gone out, answering an error status with respond()
+     * is usually better. KOU_OK.
+     */
+    int (*abort)(kou_request_t *r);
 } kou_host_t;
 
 /**

@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import select
 import subprocess
@@ -344,16 +345,30 @@ _TOKEN_RE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 class Client(object):
     """One TCP connection to the server, with a buffered strict response
-    reader. Every read has a deadline; nothing blocks forever."""
+    reader. Every read has a deadline; nothing blocks forever.
 
-    def __init__(self, port, host="127.0.0.1", timeout=DEADLINE):
+    With `tls` (an ssl.SSLContext) the connection is HTTPS, `server_name`
+    going into SNI. A TLS connection that ends without close_notify sets
+    `ragged_eof` (it is an EOF all the same)."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=DEADLINE, tls=None,
+                 server_name=None):
         self.port = port
         self.timeout = timeout
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                self.sock = tls.wrap_socket(self.sock,
+                                            server_hostname=server_name,
+                                            suppress_ragged_eofs=False)
+            except BaseException:
+                self.sock.close()
+                raise
         self.buf = b""
         self.eof = False
         self.reset = False
+        self.ragged_eof = False
 
     def __enter__(self):
         return self
@@ -396,6 +411,9 @@ class Client(object):
         return sent
 
     def _readable(self, timeout):
+        # decrypted bytes wait inside the ssl object, unseen by select()
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
         r, _, _ = select.select([self.sock], [], [], max(timeout, 0))
         return bool(r)
 
@@ -411,6 +429,9 @@ class Client(object):
             data = self.sock.recv(65536)
         except ConnectionResetError:
             self.eof = self.reset = True
+            return False
+        except ssl.SSLEOFError:
+            self.eof = self.ragged_eof = True
             return False
         if not data:
             self.eof = True
@@ -434,13 +455,38 @@ class Client(object):
                                    self.buf, self.reset)
 
     def _read_exact(self, n, deadline, what):
-        while len(self.buf) < n:
-            if not self._fill(deadline):
-                raise ServerClosed("connection closed after %d of %d bytes "
-                                   "of %s" % (len(self.buf), n, what),
-                                   self.buf, self.reset)
-        out, self.buf = self.buf[:n], self.buf[n:]
+        # pieces joined once: appending to one bytes object is quadratic,
+        # and a 10 MB body would then take longer than the deadline
+        parts, have = [self.buf], len(self.buf)
+        self.buf = b""
+        try:
+            while have < n:
+                if not self._fill(deadline):
+                    raise ServerClosed("connection closed after %d of %d "
+                                       "bytes of %s" % (have, n, what),
+                                       b"".join(parts), self.reset)
+                parts.append(self.buf)
+                have += len(self.buf)
+                self.buf = b""
+        except BaseException:
+            self.buf = b"".join(parts) + self.buf
+            raise
+        data = b"".join(parts)
+        out, self.buf = data[:n], data[n:]
         return out
+
+    def _read_to_eof(self, deadline):
+        """Everything until the server closes (buffered bytes included)."""
+        parts = [self.buf]
+        self.buf = b""
+        try:
+            while self._fill(deadline):
+                parts.append(self.buf)
+                self.buf = b""
+        except BaseException:
+            self.buf = b"".join(parts) + self.buf
+            raise
+        return b"".join(parts)
 
     def read_response(self, method="GET", timeout=None):
         """Read one response (a 1xx interim response counts as one). The
@@ -492,10 +538,7 @@ class Client(object):
                 raise ProtocolError("bad Content-Length %r" % cls)
             return self._read_exact(int(cls[0]), deadline, "the body")
         resp.close_delimited = True
-        while self._fill(deadline):
-            pass
-        body, self.buf = self.buf, b""
-        return body
+        return self._read_to_eof(deadline)
 
     def _read_chunked(self, deadline):
         body = b""
@@ -518,11 +561,7 @@ class Client(object):
         """Read until the server closes; return everything read (including
         what was already buffered). Times out (socket.timeout) if the
         server keeps the connection open."""
-        deadline = self._deadline(timeout)
-        while self._fill(deadline):
-            pass
-        data, self.buf = self.buf, b""
-        return data
+        return self._read_to_eof(self._deadline(timeout))
 
 
 # --------------------------------------------------------------------------
@@ -624,6 +663,13 @@ class Server(object):
     @property
     def pid(self):
         return self.proc.pid
+
+    def ports(self):
+        """Ports of every 127.0.0.1 listener, in the order the master
+        bound them (the order of `listen`, for a first start)."""
+        with self.cond:
+            return [int(m.group(1)) for m in
+                    (LISTEN_RE.search(l) for l in self.lines) if m]
 
     def _read_log(self):
         for raw in iter(self.proc.stdout.readline, b""):

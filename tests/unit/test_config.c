@@ -397,9 +397,6 @@ START_TEST(test_err_listen)
         "backlog: expected an integer from 1");
     ERR("listen:\n  - address: 127.0.0.1:80\n    tls: on\n", 3, 10,
         "tls: expected a mapping");
-    /* until TLS exists a tls: block is refused, never silently plain */
-    ERR("listen:\n  - address: 127.0.0.1:80\n    tls: {certificate: c}\n",
-        3, 10, "not supported");
     /* duplicates, including two spellings of one address */
     ERR("listen:\n  - 127.0.0.1:8080\n  - address: 127.0.0.1:8080\n", 3, 14,
         "duplicate address \"127.0.0.1:8080\" (already at line 2, column 5");
@@ -409,6 +406,60 @@ START_TEST(test_err_listen)
         "duplicate address");
     ERR("listen:\n  - unix:/tmp/k.sock\n  - unix:/tmp/k.sock\n", 3, 5,
         "duplicate address");
+}
+END_TEST
+
+/* Syntax only: the files themselves are OpenSSL's business (tls.c). */
+#define LT "listen:\n  - address: 127.0.0.1:443\n    tls:\n"
+#define LTC LT "      certificate: c.pem\n      key: k.pem\n"
+
+START_TEST(test_err_tls)
+{
+    ERR("listen:\n  - address: 127.0.0.1:80\n    tls: {certificate: c}\n",
+        3, 11, "tls: \"certificate\" needs \"key\"");
+    ERR("listen:\n  - address: 127.0.0.1:80\n    tls: {key: k}\n",
+        3, 11, "tls: \"key\" needs \"certificate\"");
+    ERR("listen:\n  - address: 127.0.0.1:80\n    tls: {}\n", 3, 10,
+        "expected \"certificate\" and \"key\"");
+    ERR2(LTC "      cert: x\n", 6, 7, "unknown key \"cert\" in tls",
+         "certificate, key, certificates, protocols, ciphers, "
+         "ciphersuites, groups");
+    ERR(LT "      certificate: \"\"\n      key: k\n", 4, 20,
+        "certificate: expected a file path");
+    ERR(LTC "      protocols: [TLSv1.1]\n", 6, 19,
+        "protocols: \"TLSv1.1\" is not offered: versions before TLS 1.2 "
+        "are obsolete");
+    ERR(LTC "      protocols: [TLSv1.3, tlsv1.3]\n", 6, 28, "listed twice");
+    ERR(LTC "      protocols: [QUIC]\n", 6, 19,
+        "protocols: expected TLSv1.2 or TLSv1.3");
+    ERR(LTC "      protocols: []\n", 6, 18, "protocols: expected a list");
+    ERR(LTC "      ciphers: []\n", 6, 16,
+        "ciphers: expected a colon-separated string or a list of names");
+    ERR(LTC "      groups: [X25519, {a: b}]\n", 6, 24, "groups: expected "
+        "a name");
+    ERR(LTC "      certificates: {server_names: [a]}\n", 6, 21,
+        "certificates: expected a list");
+    ERR(LTC "      certificates:\n        - {certificate: a, key: b}\n", 7,
+        11, "certificates entry needs \"server_names\"");
+    ERR(LTC "      certificates:\n        - {server_names: [a.test], "
+        "certificate: a}\n", 7, 36, "\"certificate\" needs \"key\"");
+    ERR(LTC "      certificates:\n        - {server_names: [\"a b\"], "
+        "certificate: a, key: b}\n", 7, 27,
+        "server_names: \"a b\" is not a host name");
+    ERR(LTC "      certificates:\n        - {server_names: [\"[::1]\"], "
+        "certificate: a, key: b}\n", 7, 27, "is not a host name");
+    ERR(LTC "      certificates:\n"
+        "        - {server_names: [a.test, b.test], certificate: a, key: b}\n"
+        "        - {server_names: [c.test, B.TEST], certificate: c, key: d}\n",
+        8, 35, "\"b.test\" is already served by another certificate");
+    ERR(LTC "      certificates:\n"
+        "        - {server_names: [a.test, A.test], certificate: a, key: b}\n",
+        7, 35, "\"a.test\" is listed twice");
+    ERR(L "limits:\n  tls_handshake_timeout: 0\n", 3, 26,
+        "tls_handshake_timeout: expected a duration");
+    ERR(L "tls_ticket_rotation: 500ms\n", 2, 22,
+        "tls_ticket_rotation: expected a duration from 1s to 168h");
+    ERR(L "tls_ticket_rotation: 8d\n", 2, 22, "tls_ticket_rotation");
 }
 END_TEST
 
@@ -752,6 +803,78 @@ START_TEST(test_defaults)
 }
 END_TEST
 
+START_TEST(test_tls)
+{
+    kou_config_t         *cf;
+    const kou_tls_conf_t *tc;
+    char                  want[PATH_MAX + 64];
+
+    /* one certificate; what is left out takes its default */
+    cf = kou_tc_load_ok(__LINE__, "listen:\n  - 127.0.0.1:80\n"
+                        "  - address: 127.0.0.1:443\n    tls:\n"
+                        "      certificate: tls/c.pem\n"
+                        "      key: /etc/k.pem\n");
+    ck_assert_ptr_null(cf->listen[0].tls_conf);
+    tc = cf->listen[1].tls_conf;
+    ck_assert_ptr_nonnull(tc);
+    ck_assert_ptr_eq(cf->listen[1].tls, tc->node);
+    ck_assert_uint_eq(tc->ncerts, 1);
+    snprintf(want, sizeof(want), "%s/tls/c.pem", kou_tc_dir);
+    ck_assert_str_eq(tc->certs[0].certificate, want);
+    ck_assert_str_eq(tc->certs[0].key, "/etc/k.pem");
+    ck_assert_uint_eq(tc->certs[0].nnames, 0);
+    ck_assert_uint_eq(tc->certs[0].key_node->line, 6);
+    ck_assert_uint_eq(tc->protocols, KOU_TLS_V12 | KOU_TLS_V13);
+    ck_assert_ptr_null(tc->ciphers);
+    ck_assert_ptr_null(tc->ciphersuites);
+    ck_assert_ptr_null(tc->groups);
+    ck_assert_uint_eq(cf->limits.tls_handshake_timeout, 10000);
+    ck_assert_uint_eq(cf->tls_ticket_rotation, 12 * 3600 * 1000);
+    kou_config_free(cf);
+
+    /* SNI entries after the default; lists joined for OpenSSL */
+    cf = kou_tc_load_ok(__LINE__, "tls_ticket_rotation: 1h\n"
+                        "limits: {tls_handshake_timeout: 3s}\n"
+                        "listen:\n  - address: 127.0.0.1:443\n    tls:\n"
+                        "      certificate: d.pem\n      key: d.key\n"
+                        "      protocols: TLSv1.3\n"
+                        "      ciphers: [ECDHE-RSA-AES128-GCM-SHA256, "
+                        "ECDHE-RSA-AES256-GCM-SHA384]\n"
+                        "      ciphersuites: TLS_AES_128_GCM_SHA256\n"
+                        "      groups: X25519:P-256\n"
+                        "      certificates:\n"
+                        "        - server_names: [Example.COM, "
+                        "\"*.example.org\"]\n"
+                        "          certificate: e.pem\n"
+                        "          key: e.key\n");
+    ck_assert_uint_eq(cf->tls_ticket_rotation, 3600 * 1000);
+    ck_assert_uint_eq(cf->limits.tls_handshake_timeout, 3000);
+    tc = cf->listen[0].tls_conf;
+    ck_assert_uint_eq(tc->ncerts, 2);
+    ck_assert_uint_eq(tc->protocols, KOU_TLS_V13);
+    ck_assert_str_eq(tc->ciphers, "ECDHE-RSA-AES128-GCM-SHA256:"
+                                  "ECDHE-RSA-AES256-GCM-SHA384");
+    ck_assert_str_eq(tc->ciphersuites, "TLS_AES_128_GCM_SHA256");
+    ck_assert_str_eq(tc->groups, "X25519:P-256");
+    ck_assert_uint_eq(tc->certs[0].nnames, 0);
+    ck_assert_uint_eq(tc->certs[1].nnames, 2);
+    ck_assert(kou_str_eq(tc->certs[1].names[0], KOU_STR("example.com")));
+    ck_assert(kou_str_eq(tc->certs[1].names[1], KOU_STR("*.example.org")));
+    snprintf(want, sizeof(want), "%s/e.key", kou_tc_dir);
+    ck_assert_str_eq(tc->certs[1].key, want);
+    kou_config_free(cf);
+
+    /* without a top-level pair the first entry is the default */
+    cf = kou_tc_load_ok(__LINE__, "listen:\n  - address: 127.0.0.1:443\n"
+                        "    tls:\n      certificates:\n"
+                        "        - {server_names: [a.test], certificate: a, "
+                        "key: b}\n");
+    ck_assert_uint_eq(cf->listen[0].tls_conf->ncerts, 1);
+    ck_assert_uint_eq(cf->listen[0].tls_conf->certs[0].nnames, 1);
+    kou_config_free(cf);
+}
+END_TEST
+
 START_TEST(test_relative_file_and_prefix)
 {
     char          cwd[PATH_MAX], path[PATH_MAX], err[512];
@@ -1090,6 +1213,7 @@ kou_tc_suite(void)
     tcase_add_test(tc, test_err_top_level);
     tcase_add_test(tc, test_err_limits);
     tcase_add_test(tc, test_err_listen);
+    tcase_add_test(tc, test_err_tls);
     tcase_add_test(tc, test_err_modules);
     tcase_add_test(tc, test_err_modules_no_dirs);
     tcase_add_test(tc, test_err_hooks);
@@ -1100,6 +1224,7 @@ kou_tc_suite(void)
     tcase_add_unchecked_fixture(tc, kou_tc_setup, kou_tc_teardown);
     tcase_add_test(tc, test_full);
     tcase_add_test(tc, test_defaults);
+    tcase_add_test(tc, test_tls);
     tcase_add_test(tc, test_relative_file_and_prefix);
     tcase_add_test(tc, test_accessors);
     suite_add_tcase(s, tc);

@@ -1,13 +1,19 @@
 /*
  * The HTTP/1.1 request parser and chunked decoder against RFC 9110 and
- * RFC 9112 (DESIGN §3 says which input gets which status).
+ * RFC 9112 (DESIGN §3 says which input gets which status), in every tier
+ * this CPU can run.
  *
  * Every case is parsed three ways: whole, byte by byte (the buffer growing
  * one byte at a time), and split in two at every offset. Each buffer ends
- * flush against a PROT_NONE page, so an over-read crashes, and sits at a
- * new address on every call, so a parser that kept pointers across calls
- * fails. The three ways must agree on the status and on every slice,
- * compared by offset.
+ * flush against a PROT_NONE page, so an over-read crashes (and once starts
+ * right after one, so that reading before the buffer crashes too), and
+ * sits at a new address on every call, so a parser that kept pointers
+ * across calls fails. The three ways must agree on the status and on every slice,
+ * compared by offset, and every tier must give what the scalar tier gives.
+ * The cases are a table, the same shapes at every length from 1 to 200
+ * bytes (so that every vector boundary falls everywhere), and mutations of
+ * valid requests from a seeded generator (KOU_TEST_SEED overrides the
+ * seed, which is printed).
  */
 
 #include <check.h>
@@ -18,7 +24,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "kou_build.h"
 #include "http_parse.h"
+#include "http_parse_kernel.h"
 
 /*
  * Check records every passing ck_assert (a write per call); the loops here
@@ -31,9 +39,9 @@
         }                                                                    \
     } while (0)
 
-/* ---- guard page ---- */
+/* ---- guard pages ---- */
 
-#define ARENA (256 * 1024)  /* readable bytes in front of the guard page */
+#define ARENA (256 * 1024)  /* readable bytes between two guard pages */
 
 static u_char *arena;
 
@@ -43,11 +51,12 @@ guard_setup(void)
     long    pg = sysconf(_SC_PAGESIZE);
     u_char *m;
 
-    m = mmap(NULL, ARENA + (size_t) pg, PROT_READ | PROT_WRITE,
+    m = mmap(NULL, ARENA + 2 * (size_t) pg, PROT_READ | PROT_WRITE,
              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     ck_assert(m != MAP_FAILED);
-    ck_assert_int_eq(mprotect(m + ARENA, (size_t) pg, PROT_NONE), 0);
-    arena = m;
+    ck_assert_int_eq(mprotect(m, (size_t) pg, PROT_NONE), 0);
+    ck_assert_int_eq(mprotect(m + pg + ARENA, (size_t) pg, PROT_NONE), 0);
+    arena = m + pg;
 }
 
 /* Copy n bytes so that they end at the guard page; returns their start. */
@@ -59,6 +68,18 @@ flush(const void *s, size_t n)
     CHECK(n <= ARENA, "input of %zu bytes too large", n);
     memmove(d, s, n);
     return d;
+}
+
+/*
+ * Copy n bytes so that they start right after a guard page: a kernel that
+ * read before the buffer it was given would crash here.
+ */
+static const u_char *
+flush_front(const void *s, size_t n)
+{
+    CHECK(n <= ARENA, "input of %zu bytes too large", n);
+    memmove(arena, s, n);
+    return arena;
 }
 
 /* A printable rendering of an input, for failure messages. */
@@ -82,6 +103,63 @@ show(const char *in, size_t n)
     }
     out[o] = '\0';
     return out;
+}
+
+/* ---- tiers ---- */
+
+/*
+ * A tier as the tests run it. The AVX-512 tier takes its VBMI kernels when
+ * the CPU has VBMI; the kernels without are then run as a variant of their
+ * own, so that both are tested on such a CPU.
+ */
+typedef struct {
+    const char               *name;
+    unsigned                  tier;
+    const kou_http_kernels_t *k;     /* NULL: what set_tier chooses */
+} variant_t;
+
+static variant_t variants[KOU_SIMD_COUNT + 1];
+static size_t    nvariants;
+
+/* Called once in main(); the forked tests inherit the list. */
+static void
+variants_setup(void)
+{
+    static const variant_t all[] = {
+        { "scalar", KOU_SIMD_SCALAR, NULL },
+        { "sse42", KOU_SIMD_SSE42, NULL },
+        { "avx2", KOU_SIMD_AVX2, NULL },
+#ifdef KOU_HAVE_X86_TIERS
+        { "avx512-novbmi", KOU_SIMD_AVX512, &kou_http_kernels_avx512 },
+#endif
+        { "avx512", KOU_SIMD_AVX512, NULL },
+    };
+    size_t i;
+
+    nvariants = 0;
+    for (i = 0; i < kou_nelem(all); i++) {
+        if (!kou_http_parser_tier_available(all[i].tier)) {
+            printf("http_parse: tier %s not available here, skipped\n",
+                   all[i].name);
+            continue;
+        }
+        variants[nvariants++] = all[i];
+    }
+    printf("http_parse: tiers tested:");
+    for (i = 0; i < nvariants; i++) {
+        printf(" %s", variants[i].name);
+    }
+    printf("\n");
+}
+
+static void
+use_variant(size_t v)
+{
+    CHECK(kou_http_parser_set_tier(variants[v].tier) == KOU_OK,
+          "tier %s cannot be set", variants[v].name);
+    if (variants[v].k != NULL) {
+        kou_http_kernels = variants[v].k;
+    }
 }
 
 /* ---- the request table ---- */
@@ -645,6 +723,54 @@ static const hcase_t hcases[] = {
     { IN(RQ "A: 1\r\nB: 2\r\n\r\n"), .rc = 431, .mh = 2 },
     { IN(RQ "A: 1\r\nB: 2\r\n"), .rc = 431, .mh = 2 },
     { IN(RQ "A: 1\r\n\r\n"), .rc = 431, .mh = 1 },
+
+    /* ---- answered as soon as no later byte can change the answer ---- */
+    /* the request line, when its version is in, CRLF or not */
+    { IN("GET / HTTP/5.6"), .rc = 505 },
+    { IN("GET / HTTP/0.9"), .rc = 505 },
+    { IN("GET / HTTP/2.0x\r\nHost: h\r\n\r\n"), .rc = 505 },
+    { IN("GET / HTTP/2.00\r\n\r\n"), .rc = 505 },
+    { IN("GET / HTTP/2.0\0"), .rc = 505 },
+    { IN("GET /# HTTP/5.6"), .rc = 400 },
+    { IN("G(T / HTTP/1.1"), .rc = 400 },
+    { IN(" / HTTP/1.1"), .rc = 400 },
+    { IN("CONNECT h HTTP/1.1"), .rc = 400 },
+    { IN("GET / HTTP/1.1x"), .rc = 400 },
+    { IN("GET / HTTP/1.1 "), .rc = 400 },
+    { IN("GET / HTTP/1.10"), .rc = 400 },
+    { IN("GET / HTTPS"), .rc = 400 },
+    { IN("GET / http"), .rc = 400 },
+    { IN("GET / X"), .rc = 400 },
+    { IN("GET /a b"), .rc = 400 },
+    { IN("GET / HTTP/x"), .rc = 400 },
+    { IN("GET / HTTP/1,"), .rc = 400 },
+    { IN("GET / HTTP/1.x"), .rc = 400 },
+    { IN("GET /\r"), .rc = 400 },
+    { IN("GET / HTTP/1.\r"), .rc = 400 },
+    { IN("GET / HTTP/1.1"), .rc = KOU_AGAIN },
+    { IN("GET / HTTP/1."), .rc = KOU_AGAIN },
+    { IN("GET / HTTP/"), .rc = KOU_AGAIN },
+    { IN("GET / H"), .rc = KOU_AGAIN },
+    { IN("GET / "), .rc = KOU_AGAIN },
+    { IN("GET / HTTP/1.1\r"), .rc = KOU_AGAIN },
+    { IN("\r\nGET / HTTP/9.9"), .rc = 505 },
+    { IN("\r\nGET / HTTP/1.1\r\n"), .rc = KOU_AGAIN },
+    /* a decision at an earlier position than the limit wins */
+    { IN("GET / HTTP/2.0aaaaaaaaaaaaaaaaaaaa"), .rc = 505, .rl = 16 },
+    { IN("GET / HTTP/1.1aaaaaaaaaaaaaaaaaaaa"), .rc = 400, .rl = 16 },
+    { IN("GET / HTTP/1.1aaaaaaaaaaaaaaaaaaaa"), .rc = 414, .rl = 13 },
+    { IN("GET / HTTP/1.1\r\nHost: h\r\n\r\n"), GET_ROOT(1), .rl = 14 },
+    { IN("GET / HTTP/1.1\r\nHost: h\r\n\r\n"), .rc = 414, .rl = 13 },
+    { IN("GET / HTTP/2.0\r\nHost: h\r\n\r\n"), .rc = 505, .hb = 14 },
+    { IN("GET / HTTP/2.0\r\nHost: h\r\n\r\n"), .rc = 431, .hb = 13 },
+    /* obs-fold, at its first byte */
+    { IN("GET / HTTP/1.1\r\nHost: localhost\r\n Host: foo"), .rc = 400 },
+    { IN(RQ " "), .rc = 400 },
+    { IN(RQ "\t"), .rc = 400 },
+    { IN(RQ10 " "), .rc = 400 },
+    { IN(RQ "Foo: bar\r\n\tbaz"), .rc = 400 },
+    { IN(RQ " aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+      .rc = 400, .hb = 40 },
 };
 
 /* ---- running a request case ---- */
@@ -714,14 +840,15 @@ same(const snap_t *a, const snap_t *b, const char *label, const char *how)
 {
     size_t i;
 
-    CHECK(a->rc == b->rc, "%s: %s gives %d, whole gives %d", label,
+    CHECK(a->rc == b->rc, "%s: %s gives %d, the reference %d", label,
                   how, b->rc, a->rc);
     CHECK(memcmp(a, b, offsetof(snap_t, s)) == 0,
                   "%s: %s parses differently", label, how);
     for (i = 0; i < kou_nelem(a->s); i++) {
         CHECK(a->s[i].off == b->s[i].off && a->s[i].n == b->s[i].n
                       && a->s[i].ext == b->s[i].ext,
-                      "%s: %s gives slice %zu at %ld+%zu, whole at %ld+%zu",
+                      "%s: %s gives slice %zu at %ld+%zu, the reference "
+                      "at %ld+%zu",
                       label, how, i, b->s[i].off, b->s[i].n, a->s[i].off,
                       a->s[i].n);
     }
@@ -826,32 +953,43 @@ check_parse(const hcase_t *c, const kou_http_parser_t *p, const char *label)
 }
 
 /*
- * Parse the case whole, check it against the table when `full`, then byte
- * by byte and split at every offset, and demand the same answer each time.
- * Returns the status.
+ * Parse the case whole in the tier in use, then byte by byte and split in
+ * two at every offset that is 1 modulo `stride` (none when 0), and demand
+ * the same answer each time.
+ * When `full`, check the whole parse against the table. Leaves the whole
+ * parse in *sw.
  */
-static int
-run_request(const hcase_t *c, const char *label, bool full)
+static void
+parse_ways(const hcase_t *c, const char *label, const char *tier, bool full,
+           size_t stride, snap_t *sw)
 {
     kou_http_limits_t lim = limits_for(c);
     kou_header_t      hw[MAXH], hq[MAXH];
     kou_http_parser_t w, q;
-    snap_t            sw, sq;
+    snap_t            sq;
     const u_char     *b;
     size_t            k, s;
+    char              how[64];
     int               rc;
 
     b = flush(c->in, c->len);
     kou_http_parser_init(&w, &lim, hw);
     rc = kou_http_parse_request(&w, b, c->len);
-    snap(&sw, &w, b, c->len, rc);
+    snap(sw, &w, b, c->len, rc);
     if (full) {
-        CHECK(rc == c->rc, "%s: status %d, expected %d", label, rc,
-                      c->rc);
+        CHECK(rc == c->rc, "%s: status %d, expected %d", label, rc, c->rc);
         if (rc == KOU_OK) {
             check_parse(c, &w, label);
         }
     }
+
+    /* the same bytes against the guard page in front */
+    b = flush_front(c->in, c->len);
+    kou_http_parser_init(&q, &lim, hq);
+    rc = kou_http_parse_request(&q, b, c->len);
+    snap(&sq, &q, b, c->len, rc);
+    snprintf(how, sizeof(how), "at the front guard [%s]", tier);
+    same(sw, &sq, label, how);
 
     /* growing one byte at a time, asked twice when nothing was new */
     kou_http_parser_init(&q, &lim, hq);
@@ -865,9 +1003,14 @@ run_request(const hcase_t *c, const char *label, bool full)
         }
     }
     snap(&sq, &q, b, k - 1, rc);
-    same(&sw, &sq, label, "byte by byte");
+    snprintf(how, sizeof(how), "byte by byte [%s]", tier);
+    same(sw, &sq, label, how);
 
-    for (s = 1; s < c->len; s++) {
+    if (stride == 0) {
+        return;
+    }
+    snprintf(how, sizeof(how), "split [%s]", tier);
+    for (s = 1; s < c->len; s += stride) {
         kou_http_parser_init(&q, &lim, hq);
         b = flush(c->in, s);
         rc = kou_http_parse_request(&q, b, s);
@@ -876,9 +1019,38 @@ run_request(const hcase_t *c, const char *label, bool full)
             rc = kou_http_parse_request(&q, b, c->len);
         }
         snap(&sq, &q, b, c->len, rc);
-        same(&sw, &sq, label, "split");
+        same(sw, &sq, label, how);
     }
-    return sw.rc;
+}
+
+/*
+ * Run the case in every tier, all three ways each; check the scalar
+ * parse against the table when `full`, and every other tier against the
+ * scalar one. Returns the status.
+ */
+static int
+run_cases_ways(const hcase_t *c, const char *label, bool full, size_t stride)
+{
+    snap_t ref, sv;
+    char   how[64];
+    size_t v;
+
+    for (v = 0; v < nvariants; v++) {
+        use_variant(v);
+        parse_ways(c, label, variants[v].name, full && v == 0, stride,
+                   v == 0 ? &ref : &sv);
+        if (v > 0) {
+            snprintf(how, sizeof(how), "%s, whole,", variants[v].name);
+            same(&ref, &sv, label, how);
+        }
+    }
+    return ref.rc;
+}
+
+static int
+run_request(const hcase_t *c, const char *label, bool full)
+{
+    return run_cases_ways(c, label, full, 1);
 }
 
 /*
@@ -1025,6 +1197,466 @@ START_TEST(test_request_bytes)
         CHECK(rc == want, "%s: status %d, expected %d", label, rc,
                       want);
     }
+}
+END_TEST
+
+/* ---- the same shapes at every length: vector boundaries everywhere ---- */
+
+#define MAXLEN 200
+
+/*
+ * Splits of these cases every 13 bytes: at every offset they would cost
+ * more than all the rest; the table and the random inputs split
+ * everywhere.
+ */
+#define LEN_STRIDE 13
+
+/* n bytes cycling through set, after `first` when it is not NUL. */
+static size_t
+fill(char *d, size_t n, const char *set, char first)
+{
+    size_t i, k = strlen(set);
+
+    for (i = 0; i < n; i++) {
+        d[i] = set[i % k];
+    }
+    if (first != '\0' && n > 0) {
+        d[0] = first;
+    }
+    return n;
+}
+
+/* Two places for a fault in n bytes: the last, and one that wanders. */
+static size_t
+fault_at(size_t n, int which)
+{
+    return which == 0 ? n - 1 : (n * 13 + 5) % n;
+}
+
+static const char len_value[] = "vaZ0 ~!\t\x80\xff\"(),/:;<=>?@[\\]{}x\xc3\xa9";
+static const char len_path[] = "abc-._~!$&'()*+,;=:@/XYZ09";
+static const char len_query[] = "q?/=&a1:@-._~!$'()*+,;";
+static const char len_tchar[] = "x!#$%&'*+-.^_`|~09AZaz";
+static const char bad_value[] = "\0\x01\x08\n\x0b\x1f\x7f\r";
+static const char bad_target[] = "\"#<>\\^`{|}[] \x7f\x80\x01";
+static const char bad_name[] = "()<>@,;\\\"/[]?={} \t\x80\x01";
+static const char bad_method[] = "(),/:;<=>?@[\\]{}\"\x80\x01";
+
+enum { LEN_VALUE, LEN_PATH, LEN_QUERY, LEN_NAME, LEN_METHOD, LEN_LIMITS,
+       LEN_KINDS };
+
+START_TEST(test_request_lengths)
+{
+    static char in[2 * MAXLEN + 128], part[MAXLEN + 3];
+    char        label[640], *t;
+    hcase_t     c;
+    size_t      n, o, k, j;
+    int         w;
+
+    for (n = 1; n <= MAXLEN; n++) {
+        memset(&c, 0, sizeof(c));
+        c.in = in;
+        switch (_i) {
+        case LEN_VALUE:
+            fill(part, n, len_value, 'v');
+            part[n - 1] = 'v';
+            o = (size_t) sprintf(in, RQ "X: ");
+            k = o;
+            memcpy(in + o, part, n);
+            o += n;
+            o += (size_t) sprintf(in + o, "\r\n\r\n");
+            part[n] = '\0';
+            c = (hcase_t) { .in = in, .len = o, GET_ROOT(2), .hn = "X",
+                            .hv = part };
+            break;
+        case LEN_PATH:
+            o = (size_t) sprintf(in, "GET /");
+            k = o;
+            o += fill(in + o, n, len_path, '\0');
+            o += (size_t) sprintf(in + o, " HTTP/1.1\r\nHost: h\r\n\r\n");
+            memcpy(part, in + 4, n + 1);
+            part[n + 1] = '\0';
+            c = (hcase_t) { .in = in, .len = o, .mid = KOU_METHOD_GET,
+                            .m = "GET", .t = part, .path = part,
+                            .host = "h", .ver = 11, .nh = 1 };
+            break;
+        case LEN_QUERY:
+            o = (size_t) sprintf(in, "GET /?");
+            k = o;
+            o += fill(in + o, n, len_query, '\0');
+            o += (size_t) sprintf(in + o, " HTTP/1.1\r\nHost: h\r\n\r\n");
+            memcpy(part, in + 4, n + 2);
+            part[n + 2] = '\0';
+            c = (hcase_t) { .in = in, .len = o, .mid = KOU_METHOD_GET,
+                            .m = "GET", .t = part, .path = "/",
+                            .q = part + 2, .host = "h", .ver = 11,
+                            .nh = 1 };
+            break;
+        case LEN_NAME:
+            o = (size_t) sprintf(in, RQ);
+            k = o;
+            o += fill(in + o, n, len_tchar, '\0');
+            memcpy(part, in + k, n);
+            part[n] = '\0';
+            o += (size_t) sprintf(in + o, ": v\r\n\r\n");
+            c = (hcase_t) { .in = in, .len = o, GET_ROOT(2), .hn = part,
+                            .hv = "v" };
+            break;
+        case LEN_METHOD:
+            k = 0;
+            o = fill(in, n, len_tchar, '\0');
+            memcpy(part, in, n);
+            part[n] = '\0';
+            o += (size_t) sprintf(in + o, " / HTTP/1.1\r\nHost: h\r\n\r\n");
+            c = (hcase_t) { .in = in, .len = o, .mid = KOU_METHOD_UNKNOWN,
+                            .m = part, .t = "/", .path = "/", .host = "h",
+                            .ver = 11, .nh = 1 };
+            break;
+        default:
+            /* a long target, then a long value, against the limits */
+            o = (size_t) sprintf(in, "GET /");
+            o += fill(in + o, n, len_path, '\0');
+            j = o + 9;                      /* the request line's length */
+            o += (size_t) sprintf(in + o, " HTTP/1.1\r\nHost: h\r\nX: ");
+            o += fill(in + o, n, len_value, 'v');
+            o += (size_t) sprintf(in + o, "v\r\n\r\n");
+            c = (hcase_t) { .in = in, .len = o, .rc = KOU_OK };
+            for (w = 0; w < 6; w++) {
+                c.rl = w == 0 ? j : w == 1 ? j - 1 : w == 2 ? 5 + (n * 7) % n
+                                                            : 0;
+                c.hb = w == 3 ? o : w == 4 ? o - 1 : w == 5 ? o - 1 - n / 2
+                                                            : 0;
+                c.rc = w == 1 || w == 2 ? 414 : w >= 4 ? 431 : KOU_OK;
+                snprintf(label, sizeof(label), "limits %d at %zu: %s", w, n,
+                         show(in, o));
+                CHECK(run_cases_ways(&c, label, false, LEN_STRIDE) == c.rc,
+                      "%s: status", label);
+            }
+            continue;
+        }
+
+        snprintf(label, sizeof(label), "length %zu: %s", n, show(in, c.len));
+        run_cases_ways(&c, label, true, LEN_STRIDE);
+
+        /* a byte the part may not hold, in two places */
+        for (w = 0; w < 2; w++) {
+            const char *bad = _i == LEN_VALUE ? bad_value
+                              : _i == LEN_NAME ? bad_name
+                              : _i == LEN_METHOD ? bad_method : bad_target;
+            size_t      nb = _i == LEN_VALUE ? sizeof(bad_value) - 1
+                             : strlen(bad);
+
+            t = in + k + fault_at(n, w);
+            *t = bad[(n + (size_t) w) % nb];
+            c = (hcase_t) { .in = in, .len = c.len, .rc = 400 };
+            snprintf(label, sizeof(label), "length %zu, fault: %s", n,
+                     show(in, c.len));
+            run_cases_ways(&c, label, true, LEN_STRIDE);
+            /* put the good byte back for the second fault */
+            *t = _i == LEN_PATH ? part[1 + fault_at(n, w)]
+                 : _i == LEN_QUERY ? part[2 + fault_at(n, w)]
+                 : part[fault_at(n, w)];
+        }
+    }
+}
+END_TEST
+
+/* ---- mutations of valid requests, every tier against the scalar one ---- */
+
+#define RND_GROUPS 10
+#define RND_PER    10000   /* inputs per group: 100,000 in all */
+#define RND_MAX    2048
+
+static uint64_t rnd_seed = 0x6b6f757269657231ull;
+static uint64_t rnd_state;
+
+/* xorshift64*: cheap, and the same sequence on every machine */
+static uint32_t
+rnd(void)
+{
+    rnd_state ^= rnd_state >> 12;
+    rnd_state ^= rnd_state << 25;
+    rnd_state ^= rnd_state >> 27;
+    return (uint32_t) ((rnd_state * 0x2545f4914f6cdd1dull) >> 32);
+}
+
+static size_t
+rnd_below(size_t n)
+{
+    return n ? rnd() % n : 0;
+}
+
+/* Realistic requests the table's short cases do not look like. */
+static const char *const rnd_seeds[] = {
+    /* TechEmpower plaintext */
+    "GET /plaintext HTTP/1.1\r\nHost: server\r\nUser-Agent: Mozilla/5.0 "
+    "(X11; Linux x86_64) Gecko/20130501 Firefox/30.0 AppleWebKit/600.00 "
+    "Chrome/30.0.0000.0 Trident/10.0 Safari/600.00\r\nCookie: "
+    "uid=12345678901234567890; __utma=1.1234567890.1234567890.1234567890."
+    "1234567890.12; wd=2560x1600\r\nAccept: text/html,application/xhtml+xml,"
+    "application/xml;q=0.9,*/*;q=0.8\r\nAccept-Language: en-US,en;q=0.5\r\n"
+    "Connection: keep-alive\r\n\r\n",
+    /* a browser */
+    "GET /wp-content/uploads/2010/03/hello-kitty-darth-vader-pink.jpg "
+    "HTTP/1.1\r\nHost: www.kittyhell.com\r\nUser-Agent: Mozilla/5.0 "
+    "(Macintosh; U; Intel Mac OS X 10.6; ja-JP-mac; rv:1.9.2.3) "
+    "Gecko/20100401 Firefox/3.6.3 Pathtraq/0.9\r\nAccept: text/html,"
+    "application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+    "Accept-Language: ja,en-us;q=0.7,en;q=0.3\r\nAccept-Encoding: "
+    "gzip,deflate\r\nAccept-Charset: Shift_JIS,utf-8;q=0.7,*;q=0.7\r\n"
+    "Keep-Alive: 115\r\nConnection: keep-alive\r\nCookie: "
+    "wp_ozh_wsa_visits=2; wp_ozh_wsa_visit_lasttime=xxxxxxxxxx; "
+    "__utma=xxxxxxxxx.xxxxxxxxxx.xxxxxxxxxx.xxxxxxxxxx.xxxxxxxxxx.x; "
+    "__utmz=xxxxxxxxx.xxxxxxxxxx.x.x.utmccn=(referral)|utmcsr=reader."
+    "livedoor.com|utmcct=/reader/|utmcmd=referral\r\n\r\n",
+    "POST /api/v1/items?id=42&x=%20y HTTP/1.1\r\nHost: api.example.com:8443"
+    "\r\nContent-Type: application/json\r\nContent-Length: 13\r\n"
+    "Expect: 100-continue\r\n\r\n{\"a\":\"b\"}\r\n",
+    "PUT /up HTTP/1.1\r\nHost: [::1]:80\r\nTransfer-Encoding: chunked\r\n"
+    "Connection: close, Upgrade\r\nUpgrade: websocket\r\n\r\n5\r\nhello\r\n",
+    "GET http://example.com:8080/a/b?c=d HTTP/1.1\r\nHost: ignored\r\n"
+    "X-Forwarded-For: 10.0.0.1, 10.0.0.2\r\nVia: 1.1 proxy\r\n\r\n",
+    "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+    "Proxy-Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l\r\n\r\n",
+    "OPTIONS * HTTP/1.1\r\nHost: h\r\nAccess-Control-Request-Method: PUT\r\n"
+    "\r\n",
+    "\r\nGET / HTTP/1.0\r\nUser-Agent: ab\r\nX-Obs: \xe2\x82\xac \t done\r\n"
+    "\r\n",
+};
+
+/* Bytes a mutation likes to bring in: the ones the parser decides on. */
+static const char rnd_bytes[] = "\r\n \t\0\x7f\x80\xff:%?#/H1.;,\"=(@";
+
+static size_t
+mutate(u_char *b, size_t n)
+{
+    static const char alnum[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    size_t   i, k, m;
+    unsigned rounds = 1 + rnd() % 4;
+
+    while (rounds--) {
+        i = rnd_below(n + 1);
+        switch (rnd() % 9) {
+        case 7:     /* a letter for a letter: mostly still valid */
+            if (i < n && strchr(alnum, b[i]) != NULL && b[i] != '\0') {
+                b[i] = (u_char) alnum[rnd_below(sizeof(alnum) - 1)];
+            }
+            break;
+        case 8:     /* a letter more: lengths and alignments move */
+            if (n < RND_MAX && i > 0 && strchr(alnum, b[i - 1]) != NULL
+                && b[i - 1] != '\0')
+            {
+                memmove(b + i + 1, b + i, n - i);
+                b[i] = (u_char) alnum[rnd_below(sizeof(alnum) - 1)];
+                n++;
+            }
+            break;
+        case 0:     /* overwrite with a byte that matters */
+            if (i < n) {
+                b[i] = (u_char) rnd_bytes[rnd_below(sizeof(rnd_bytes) - 1)];
+            }
+            break;
+        case 1:     /* overwrite with any byte */
+            if (i < n) {
+                b[i] = (u_char) rnd();
+            }
+            break;
+        case 2:     /* insert a byte that matters */
+            if (n < RND_MAX) {
+                memmove(b + i + 1, b + i, n - i);
+                b[i] = (u_char) rnd_bytes[rnd_below(sizeof(rnd_bytes) - 1)];
+                n++;
+            }
+            break;
+        case 3:     /* delete a few bytes */
+            k = 1 + rnd_below(8);     /* kou_min evaluates twice */
+            k = kou_min(k, n - i);
+            memmove(b + i, b + i + k, n - i - k);
+            n -= k;
+            break;
+        case 4:     /* duplicate a range, as a repeated field would */
+            k = rnd_below(n + 1);
+            m = rnd_below(96);
+            m = kou_min(m, n - k);
+            if (n + m <= RND_MAX) {
+                memmove(b + i + m, b + i, n - i);
+                memmove(b + i, b + (k >= i ? k + m : k), m);
+                n += m;
+            }
+            break;
+        case 5:     /* stop short: a partial head */
+            n = i;
+            break;
+        default:    /* nothing: the valid request itself */
+            break;
+        }
+        if (rnd() % 2) {
+            /* one round of harm in two is enough */
+            break;
+        }
+    }
+    return n;
+}
+
+/*
+ * Parse one input in every tier, whole and split in two at `split`, byte
+ * by byte too when `bytewise`; all must equal the scalar whole parse.
+ */
+static int
+run_random(const hcase_t *c, const char *label, size_t split, bool bytewise)
+{
+    kou_http_limits_t lim = limits_for(c);
+    kou_header_t      h[MAXH];
+    kou_http_parser_t p;
+    snap_t            ref, sv;
+    const u_char     *b;
+    char              how[64];
+    size_t            v, k;
+    int               rc;
+
+    for (v = 0; v < nvariants; v++) {
+        use_variant(v);
+
+        b = flush(c->in, c->len);
+        kou_http_parser_init(&p, &lim, h);
+        rc = kou_http_parse_request(&p, b, c->len);
+        snap(v == 0 ? &ref : &sv, &p, b, c->len, rc);
+        if (v > 0) {
+            snprintf(how, sizeof(how), "%s, whole,", variants[v].name);
+            same(&ref, &sv, label, how);
+        }
+
+        kou_http_parser_init(&p, &lim, h);
+        b = flush_front(c->in, c->len);
+        rc = kou_http_parse_request(&p, b, c->len);
+        snap(&sv, &p, b, c->len, rc);
+        snprintf(how, sizeof(how), "%s, at the front guard,",
+                 variants[v].name);
+        same(&ref, &sv, label, how);
+
+        kou_http_parser_init(&p, &lim, h);
+        b = flush(c->in, split);
+        rc = kou_http_parse_request(&p, b, split);
+        if (rc == KOU_AGAIN) {
+            b = flush(c->in, c->len);
+            rc = kou_http_parse_request(&p, b, c->len);
+        }
+        snap(&sv, &p, b, c->len, rc);
+        snprintf(how, sizeof(how), "%s, split at %zu,", variants[v].name,
+                 split);
+        same(&ref, &sv, label, how);
+
+        if (!bytewise) {
+            continue;
+        }
+        kou_http_parser_init(&p, &lim, h);
+        rc = KOU_AGAIN;
+        for (k = 0; k <= c->len && rc == KOU_AGAIN; k++) {
+            b = flush(c->in, k);
+            rc = kou_http_parse_request(&p, b, k);
+        }
+        snap(&sv, &p, b, k - 1, rc);
+        snprintf(how, sizeof(how), "%s, byte by byte,", variants[v].name);
+        same(&ref, &sv, label, how);
+    }
+    return ref.rc;
+}
+
+START_TEST(test_request_random)
+{
+    static u_char buf[RND_MAX];
+    char          label[640];
+    hcase_t       c;
+    size_t        n, t, seeds, tally[7] = { 0 };
+    const char   *src;
+    int           rc, i;
+
+    seeds = kou_nelem(rnd_seeds) + kou_nelem(hcases);
+    rnd_state = rnd_seed + (uint64_t) _i * 0x9e3779b97f4a7c15ull;
+    if (rnd_state == 0) {
+        rnd_state = 1;
+    }
+    for (i = 0; i < RND_PER; i++) {
+        memset(&c, 0, sizeof(c));
+        /* half the time a realistic request, else one of the table's */
+        t = rnd() % 2 ? rnd_below(kou_nelem(rnd_seeds)) : rnd_below(seeds);
+        if (t < kou_nelem(rnd_seeds)) {
+            src = rnd_seeds[t];
+            n = strlen(src);
+        } else {
+            /* the table's cases, good or not, are seeds too */
+            src = hcases[t - kou_nelem(rnd_seeds)].in;
+            n = hcases[t - kou_nelem(rnd_seeds)].len;
+        }
+        memcpy(buf, src, n);
+        n = mutate(buf, n);
+        c.in = (const char *) buf;
+        c.len = n;
+        /* limits that fall inside the input, one time in four */
+        if (rnd() % 4 == 0) {
+            c.rl = 1 + rnd_below(n + 2);
+            c.hb = 1 + rnd_below(n + 4);
+            c.mh = 1 + rnd_below(12);
+        }
+        snprintf(label, sizeof(label), "seed %#" PRIx64 " group %d input %d:"
+                 " %s", rnd_seed, _i, i, show(c.in, c.len));
+        rc = run_random(&c, label, rnd_below(n + 1), i % 64 == 0);
+        tally[rc == KOU_OK ? 0 : rc == KOU_AGAIN ? 1 : rc == 400 ? 2
+              : rc == 414 ? 3 : rc == 431 ? 4 : rc == 505 ? 5 : 6]++;
+    }
+    /* a generator that only made 400s would test little: say what it made */
+    printf("http_parse: random group %d (seed %#" PRIx64 "): %d inputs: "
+           "%zu ok, %zu again, %zu 400, %zu 414, %zu 431, %zu 505, "
+           "%zu other\n", _i, rnd_seed, RND_PER, tally[0], tally[1],
+           tally[2], tally[3], tally[4], tally[5], tally[6]);
+    CHECK(tally[0] > RND_PER / 50 && tally[2] > RND_PER / 50,
+          "the mutations are too one-sided");
+}
+END_TEST
+
+/* ---- tiers: choice and names ---- */
+
+START_TEST(test_tiers)
+{
+    /* the default: the fastest as measured, AVX2 before AVX-512 */
+    static const unsigned order[] = {
+        KOU_SIMD_AVX2, KOU_SIMD_AVX512, KOU_SIMD_SSE42, KOU_SIMD_SCALAR
+    };
+    const char *best = NULL;
+    unsigned    t;
+
+    for (t = 0; best == NULL; t++) {
+        if (kou_http_parser_tier_available(order[t])) {
+            best = kou_http_parser_tier_name(order[t]);
+        }
+    }
+
+    ck_assert(kou_http_parser_tier_available(KOU_SIMD_SCALAR));
+    ck_assert(!kou_http_parser_tier_available(KOU_SIMD_COUNT));
+    ck_assert_int_eq(kou_http_parser_set_tier(KOU_SIMD_COUNT), KOU_ERROR);
+    ck_assert_str_eq(kou_http_parser_tier_name(KOU_SIMD_AVX2), "avx2");
+    ck_assert_str_eq(kou_http_parser_tier_name(99), "unknown");
+
+    for (t = 0; t < KOU_SIMD_COUNT; t++) {
+        if (!kou_http_parser_tier_available(t)) {
+            ck_assert_int_eq(kou_http_parser_set_tier(t), KOU_ERROR);
+            continue;
+        }
+        /* KOURIER_SIMD forces a tier the CPU has */
+        ck_assert_int_eq(setenv("KOURIER_SIMD",
+                                kou_http_parser_tier_name(t), 1), 0);
+        ck_assert_int_eq(kou_http_parser_select(), KOU_OK);
+        ck_assert_str_eq(kou_http_parser_tier(), kou_http_parser_tier_name(t));
+    }
+
+    /* unset, the default; named wrongly, the same and an error */
+    unsetenv("KOURIER_SIMD");
+    ck_assert_int_eq(kou_http_parser_select(), KOU_OK);
+    ck_assert_str_eq(kou_http_parser_tier(), best);
+    setenv("KOURIER_SIMD", "mmx", 1);
+    ck_assert_int_eq(kou_http_parser_select(), KOU_ERROR);
+    ck_assert_str_eq(kou_http_parser_tier(), best);
+    unsetenv("KOURIER_SIMD");
 }
 END_TEST
 
@@ -1452,6 +2084,78 @@ START_TEST(test_chunked_bytes)
 }
 END_TEST
 
+/*
+ * The chunk-size line, size and extensions, is bounded: a client cannot
+ * keep the decoder reading one forever. The byte past the bound is 400,
+ * however the line arrives; the bound is per line.
+ */
+START_TEST(test_chunk_line_limit)
+{
+    enum { M = KOU_HTTP_CHUNK_LINE_MAX };
+    static char   in[3 * M];
+    static size_t ones[3 * M];
+    static const struct {
+        const char *head;   /* then `fill` up to `line` bytes, then tail */
+        char        fill;
+        size_t      line;
+        const char *tail;
+        int         rc;
+    } cs[] = {
+        { "1;", 'a', M, "\r\nx\r\n0\r\n\r\n", KOU_DONE },
+        { "1;", 'a', M + 1, "\r\nx\r\n0\r\n\r\n", 400 },
+        { "1", ' ', M, ";a\r\nx\r\n0\r\n\r\n", 400 },
+        { "0;", 'b', M + 1, "\r\n\r\n", 400 },
+        { "", '0', M, "\r\n\r\n", KOU_DONE },
+        { "", '0', M, "1\r\nx\r\n0\r\n\r\n", 400 },
+        { "1;x=\"", 'q', M - 1, "\"\r\nx\r\n0\r\n\r\n", KOU_DONE },
+        { "1;x=\"", 'q', M, "\"\r\nx\r\n0\r\n\r\n", 400 },
+    };
+    char   out[64];
+    size_t i, n, h, on, u, s, cuts[1];
+    int    rc;
+
+    for (i = 0; i < 3 * M; i++) {
+        ones[i] = 1;
+    }
+    for (i = 0; i < kou_nelem(cs); i++) {
+        h = strlen(cs[i].head);
+        memcpy(in, cs[i].head, h);
+        n = cs[i].line;
+        memset(in + h, cs[i].fill, n - h);
+        memcpy(in + n, cs[i].tail, strlen(cs[i].tail));
+        n += strlen(cs[i].tail);
+
+        rc = feed_chunked(in, n, 1024, NULL, 0, out, &on, &u);
+        CHECK(rc == cs[i].rc, "line case %zu: status %d", i, rc);
+        /* every 400 here is the byte at offset M of the line */
+        CHECK(rc != 400 || u == M, "line case %zu: 400 after %zu bytes", i,
+              u);
+        rc = feed_chunked(in, n, 1024, ones, n, out, &on, &u);
+        CHECK(rc == cs[i].rc, "line case %zu byte by byte: %d", i, rc);
+        for (s = 1; s < n; s += 509) {
+            cuts[0] = s;
+            rc = feed_chunked(in, n, 1024, cuts, 1, out, &on, &u);
+            CHECK(rc == cs[i].rc, "line case %zu split at %zu: %d", i, s,
+                  rc);
+        }
+    }
+
+    /* the bound is per line: two long ones in a row are fine */
+    n = 0;
+    for (i = 0; i < 2; i++) {
+        memcpy(in + n, "1;", 2);
+        memset(in + n + 2, 'e', M - 2);
+        memcpy(in + n + M, "\r\nz\r\n", 5);
+        n += M + 5;
+    }
+    memcpy(in + n, "0\r\n\r\n", 5);
+    n += 5;
+    rc = feed_chunked(in, n, 1024, NULL, 0, out, &on, &u);
+    ck_assert_int_eq(rc, KOU_DONE);
+    ck_assert_uint_eq(on, 2);
+}
+END_TEST
+
 /* A chunk larger than any buffer is streamed in pieces as it comes. */
 START_TEST(test_chunked_streaming)
 {
@@ -1503,6 +2207,9 @@ http_parse_suite(void)
     tcase_add_test(tc, test_field_count_limit);
     tcase_add_test(tc, test_request_moved);
     tcase_add_test(tc, test_method_names);
+    tcase_add_loop_test(tc, test_request_lengths, 0, LEN_KINDS);
+    tcase_add_loop_test(tc, test_request_random, 0, RND_GROUPS);
+    tcase_add_test(tc, test_tiers);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("chunked");
@@ -1512,6 +2219,7 @@ http_parse_suite(void)
     tcase_add_loop_test(tc, test_chunked_bytes, 0,
                         (int) kou_nelem(cpositions));
     tcase_add_test(tc, test_chunked_streaming);
+    tcase_add_test(tc, test_chunk_line_limit);
     suite_add_tcase(s, tc);
 
     return s;
@@ -1520,8 +2228,17 @@ http_parse_suite(void)
 int
 main(void)
 {
-    SRunner *sr = srunner_create(http_parse_suite());
+    SRunner *sr;
     int      failed;
+
+    if (getenv("KOU_TEST_SEED") != NULL) {
+        rnd_seed = strtoull(getenv("KOU_TEST_SEED"), NULL, 0);
+    }
+    printf("http_parse: random seed %#" PRIx64 " (KOU_TEST_SEED to change)"
+           "\n", rnd_seed);
+    variants_setup();
+    fflush(stdout);
+    sr = srunner_create(http_parse_suite());
 
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);

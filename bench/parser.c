@@ -1,0 +1,427 @@
+/*
+ * Parser micro-benchmark: Kourier's request parser, every tier this CPU and
+ * build can run, beside picohttpparser's phr_parse_request (as Debian's
+ * libh2o ships it), on the same fixed set of requests in the same harness.
+ *
+ *   parser [-r RUNS] [-t SECONDS] [-c CPU] [-m]
+ *
+ * Each (request, parser) pair is timed RUNS times (default 11) for about
+ * SECONDS each (default 0.1); the median run is reported with the min-max
+ * spread, as ns per request and GB/s of head bytes parsed (a body is
+ * skipped, never parsed, by either). -c pins the process to one CPU. -m
+ * prints a Markdown table (for docs/benchmarks.md) instead of text.
+ *
+ * The comparison is not like for like in one respect, and the table should
+ * be read with it in mind: phr_parse_request splits the head into method,
+ * path, version and (name, value) pairs and checks the bytes' classes,
+ * while kou_http_parse_request also validates the target's grammar, Host,
+ * Content-Length and Transfer-Encoding, and fills in the framing and
+ * connection decisions a server acts on. Before timing, both must accept
+ * every request and agree on its head length.
+ *
+ * Built by bench/parser.sh; not a test, never part of `make check`.
+ */
+
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kou.h"
+#include "http_parse.h"
+
+/* picohttpparser's public API (picohttpparser.h), declared here because
+ * Debian ships the library but not that header. */
+struct phr_header {
+    const char *name;
+    size_t      name_len;
+    const char *value;
+    size_t      value_len;
+};
+
+int phr_parse_request(const char *buf, size_t len, const char **method,
+                      size_t *method_len, const char **path,
+                      size_t *path_len, int *minor_version,
+                      struct phr_header *headers, size_t *num_headers,
+                      size_t last_len);
+
+#define KOU_BP_MAX_HEADERS 100
+#define KOU_BP_PIPELINE    16
+#define KOU_BP_PICO        KOU_SIMD_COUNT     /* "tier" index of pico */
+
+typedef struct {
+    const char *name;
+    u_char     *buf;          /* one or more whole requests */
+    size_t      len;
+    size_t      nreq;         /* requests in buf */
+    size_t      head_bytes;   /* bytes of all heads (what is parsed) */
+    size_t      body;         /* body bytes after each head */
+} kou_bp_case_t;
+
+typedef struct {
+    double ns_per_req[KOU_SIMD_COUNT + 1];
+    double lo[KOU_SIMD_COUNT + 1];
+    double hi[KOU_SIMD_COUNT + 1];
+    bool   ran[KOU_SIMD_COUNT + 1];
+} kou_bp_result_t;
+
+static const kou_http_limits_t kou_bp_limits = {
+    8 * 1024, 16 * 1024, KOU_BP_MAX_HEADERS
+};
+
+static kou_header_t      kou_bp_headers[KOU_BP_MAX_HEADERS];
+static struct phr_header kou_bp_phr[KOU_BP_MAX_HEADERS];
+
+/* Results go here so the compiler cannot drop a parse. */
+static volatile size_t kou_bp_sink;
+
+static const char kou_bp_browser[] =
+    "GET /docs/guide/index.html?lang=en&ref=nav HTTP/1.1\r\n"
+    "Host: www.example.com\r\n"
+    "Connection: keep-alive\r\n"
+    "sec-ch-ua: \"Chromium\";v=\"124\", \"Google Chrome\";v=\"124\", "
+    "\"Not-A.Brand\";v=\"99\"\r\n"
+    "sec-ch-ua-mobile: ?0\r\n"
+    "sec-ch-ua-platform: \"Linux\"\r\n"
+    "Upgrade-Insecure-Requests: 1\r\n"
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36\r\n"
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,"
+    "image/avif,image/webp,image/apng,*/*;q=0.8,"
+    "application/signed-exchange;v=b3;q=0.7\r\n"
+    "Sec-Fetch-Site: same-origin\r\n"
+    "Sec-Fetch-Mode: navigate\r\n"
+    "Sec-Fetch-User: ?1\r\n"
+    "Sec-Fetch-Dest: document\r\n"
+    "Referer: https://www.example.com/docs/\r\n"
+    "Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    "Accept-Language: en-GB,en-US;q=0.9,en;q=0.8,fr;q=0.7\r\n"
+    "Cookie: _ga=GA1.2.1234567890.1700000000; theme=dark; "
+    "sid=3f9a1c0e7b5d4e2f8a6c\r\n"
+    "\r\n";
+
+static const char kou_bp_tfb[] =
+    "GET /plaintext HTTP/1.1\r\n"
+    "Host: tfb-server\r\n"
+    "Accept: text/plain,text/html;q=0.9,application/xhtml+xml;q=0.9,"
+    "application/xml;q=0.8,*/*;q=0.7\r\n"
+    "Connection: keep-alive\r\n"
+    "\r\n";
+
+static const char kou_bp_json[] =
+    "{\"id\":12345,\"name\":\"Kourier\",\"tags\":[\"http\",\"server\",\"c\"],"
+    "\"active\":true,\"owner\":{\"login\":\"someone\",\"id\":42},"
+    "\"description\":\"a small body that a REST client would post\"}";
+
+static void
+kou_bp_die(const char *msg)
+{
+    fprintf(stderr, "parser: %s\n", msg);
+    exit(1);
+}
+
+static void
+kou_bp_add(kou_bp_case_t *c, const char *name, const char *req, size_t body,
+           size_t copies)
+{
+    size_t n = strlen(req), i;
+
+    c->name = name;
+    c->nreq = copies;
+    c->len = n * copies;
+    c->body = body;
+    c->head_bytes = (n - body) * copies;
+    c->buf = malloc(c->len);
+    if (c->buf == NULL) {
+        kou_bp_die("out of memory");
+    }
+    for (i = 0; i < copies; i++) {
+        memcpy(c->buf + i * n, req, n);
+    }
+}
+
+static size_t
+kou_bp_cases(kou_bp_case_t *cases)
+{
+    static char cookie[4096 + 512], post[1024];
+    size_t      n = 0, i, at;
+
+    kou_bp_add(&cases[n++], "wrk default",
+               "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n", 0, 1);
+    kou_bp_add(&cases[n++], "TechEmpower plaintext", kou_bp_tfb, 0, 1);
+    kou_bp_add(&cases[n++], "curl",
+               "GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+               "User-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n", 0, 1);
+    kou_bp_add(&cases[n++], "browser navigation", kou_bp_browser, 0, 1);
+
+    at = (size_t) snprintf(cookie, sizeof(cookie),
+                           "GET /account HTTP/1.1\r\nHost: www.example.com"
+                           "\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)"
+                           "\r\nAccept: */*\r\nCookie: ");
+    for (i = 0; at + 4 < sizeof(cookie) && i < 4096; i++) {
+        /* name=value pairs of cookie-octets */
+        cookie[at++] = i % 24 == 23 ? ';' : i % 24 == 0 && i ? ' '
+                     : i % 24 == 8 ? '=' : (char) ('a' + i % 26);
+    }
+    memcpy(cookie + at, "\r\n\r\n", 5);
+    kou_bp_add(&cases[n++], "4 KB cookie", cookie, 0, 1);
+
+    snprintf(post, sizeof(post),
+             "POST /api/v1/items HTTP/1.1\r\nHost: api.example.com\r\n"
+             "User-Agent: python-requests/2.31.0\r\n"
+             "Accept-Encoding: gzip, deflate\r\nAccept: */*\r\n"
+             "Connection: keep-alive\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s",
+             sizeof(kou_bp_json) - 1, kou_bp_json);
+    kou_bp_add(&cases[n++], "POST JSON", post, sizeof(kou_bp_json) - 1, 1);
+
+    kou_bp_add(&cases[n++], "TechEmpower pipelined x16", kou_bp_tfb, 0,
+               KOU_BP_PIPELINE);
+    return n;
+}
+
+/* One parse of every request of c; returns the bytes of heads, 0 if one
+ * was not accepted. */
+static inline size_t
+kou_bp_kourier(const kou_bp_case_t *c)
+{
+    kou_http_parser_t p;
+    size_t            off = 0, sum = 0;
+
+    while (off < c->len) {
+        kou_http_parser_init(&p, &kou_bp_limits, kou_bp_headers);
+        if (kou_http_parse_request(&p, c->buf + off, c->len - off)
+            != KOU_OK)
+        {
+            return 0;
+        }
+        sum += p.head_len;
+        off += p.head_len + (p.content_length > 0
+                             ? (size_t) p.content_length : 0);
+    }
+    return sum;
+}
+
+static inline size_t
+kou_bp_pico(const kou_bp_case_t *c)
+{
+    const char *method, *path;
+    size_t      method_len, path_len, nh, off = 0, sum = 0;
+    int         minor, rc;
+
+    while (off < c->len) {
+        nh = KOU_BP_MAX_HEADERS;
+        rc = phr_parse_request((const char *) c->buf + off, c->len - off,
+                               &method, &method_len, &path, &path_len,
+                               &minor, kou_bp_phr, &nh, 0);
+        if (rc <= 0) {
+            return 0;
+        }
+        sum += (size_t) rc;
+        off += (size_t) rc + c->body;
+    }
+    return sum;
+}
+
+static double
+kou_bp_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec * 1e9 + (double) ts.tv_nsec;
+}
+
+/* ns for `iters` passes over c with parser `which`. */
+static double
+kou_bp_time(const kou_bp_case_t *c, unsigned which, size_t iters)
+{
+    double t0, t1;
+    size_t i, sum = 0;
+
+    t0 = kou_bp_now();
+    if (which == KOU_BP_PICO) {
+        for (i = 0; i < iters; i++) {
+            sum += kou_bp_pico(c);
+        }
+    } else {
+        for (i = 0; i < iters; i++) {
+            sum += kou_bp_kourier(c);
+        }
+    }
+    t1 = kou_bp_now();
+    kou_bp_sink += sum;
+    return t1 - t0;
+}
+
+static int
+kou_bp_cmp(const void *a, const void *b)
+{
+    double x = *(const double *) a, y = *(const double *) b;
+
+    return x < y ? -1 : x > y;
+}
+
+static void
+kou_bp_measure(const kou_bp_case_t *c, unsigned which, unsigned runs,
+               double seconds, kou_bp_result_t *r)
+{
+    double per[64], ns;
+    size_t iters = 1;
+    unsigned i;
+
+    /* calibrate: enough passes for one run to last `seconds` */
+    for ( ;; ) {
+        ns = kou_bp_time(c, which, iters);
+        if (ns > seconds * 1e9 / 8 || iters > ((size_t) 1 << 40)) {
+            break;
+        }
+        iters *= 2;
+    }
+    iters = (size_t) ((double) iters * seconds * 1e9 / ns) + 1;
+
+    for (i = 0; i < runs; i++) {
+        per[i] = kou_bp_time(c, which, iters) / (double) iters
+                 / (double) c->nreq;
+    }
+    qsort(per, runs, sizeof(per[0]), kou_bp_cmp);
+    r->ns_per_req[which] = per[runs / 2];
+    r->lo[which] = per[0];
+    r->hi[which] = per[runs - 1];
+    r->ran[which] = true;
+}
+
+static const char *
+kou_bp_name(unsigned which)
+{
+    return which == KOU_BP_PICO ? "pico" : kou_http_parser_tier_name(which);
+}
+
+int
+main(int argc, char **argv)
+{
+    static kou_bp_case_t   cases[16];
+    static kou_bp_result_t res[16];
+    unsigned               runs = 11, which, order;
+    double                 seconds = 0.1, gbs, ratio, bytes;
+    bool                   md = false;
+    size_t                 ncases, i;
+    int                    opt, cpu = -1;
+    cpu_set_t              set;
+
+    while ((opt = getopt(argc, argv, "r:t:c:m")) != -1) {
+        switch (opt) {
+        case 'r':
+            runs = (unsigned) atoi(optarg);
+            break;
+        case 't':
+            seconds = atof(optarg);
+            break;
+        case 'c':
+            cpu = atoi(optarg);
+            break;
+        case 'm':
+            md = true;
+            break;
+        default:
+            fprintf(stderr, "usage: parser [-r RUNS] [-t SECONDS] [-c CPU]"
+                            " [-m]\n");
+            return 2;
+        }
+    }
+    if (runs < 1 || runs > 64 || seconds <= 0) {
+        kou_bp_die("-r takes 1..64, -t a positive number of seconds");
+    }
+    if (cpu >= 0) {
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        if (sched_setaffinity(0, sizeof(set), &set) != 0) {
+            fprintf(stderr, "parser: cannot pin to CPU %d: %s\n", cpu,
+                    strerror(errno));
+            return 1;
+        }
+    }
+
+    ncases = kou_bp_cases(cases);
+
+    /* both parsers must accept every request and agree on its length */
+    for (i = 0; i < ncases; i++) {
+        size_t want = cases[i].head_bytes;
+
+        for (which = 0; which <= KOU_BP_PICO; which++) {
+            size_t got;
+
+            if (which < KOU_BP_PICO) {
+                if (!kou_http_parser_tier_available(which)) {
+                    continue;
+                }
+                kou_http_parser_set_tier(which);
+                got = kou_bp_kourier(&cases[i]);
+            } else {
+                got = kou_bp_pico(&cases[i]);
+            }
+            if (got != want) {
+                fprintf(stderr, "parser: %s finds %zu bytes of heads in "
+                        "\"%s\", not %zu\n", kou_bp_name(which), got,
+                        cases[i].name, want);
+                return 1;
+            }
+        }
+    }
+
+    /*
+     * Interleave: pico first, then each tier, per request, so that drift
+     * of a shared machine lands on every parser of a row alike.
+     */
+    for (i = 0; i < ncases; i++) {
+        for (order = 0; order <= KOU_BP_PICO; order++) {
+            which = order == 0 ? KOU_BP_PICO : order - 1;
+            if (which < KOU_BP_PICO) {
+                if (!kou_http_parser_tier_available(which)) {
+                    continue;
+                }
+                kou_http_parser_set_tier(which);
+            }
+            kou_bp_measure(&cases[i], which, runs, seconds, &res[i]);
+        }
+    }
+
+    if (md) {
+        printf("| request | head bytes | parser | ns/request | min–max "
+               "| GB/s | time ×pico |\n"
+               "|---|---:|---|---:|---:|---:|---:|\n");
+    } else {
+        printf("%-26s %6s  %-7s %10s %17s %7s %10s\n", "request",
+               "bytes", "parser", "ns/req", "min-max", "GB/s",
+               "time/pico");
+    }
+    for (i = 0; i < ncases; i++) {
+        bytes = (double) cases[i].head_bytes / (double) cases[i].nreq;
+        for (order = 0; order <= KOU_BP_PICO; order++) {
+            which = order == 0 ? KOU_BP_PICO : order - 1;
+            if (!res[i].ran[which]) {
+                continue;
+            }
+            gbs = bytes / res[i].ns_per_req[which];
+            ratio = res[i].ns_per_req[which]
+                    / res[i].ns_per_req[KOU_BP_PICO];
+            if (md) {
+                printf("| %s | %.0f | %s | %.1f | %.1f–%.1f | %.2f "
+                       "| %.2f |\n",
+                       order == 0 ? cases[i].name : "",
+                       bytes, kou_bp_name(which),
+                       res[i].ns_per_req[which], res[i].lo[which],
+                       res[i].hi[which], gbs, ratio);
+            } else {
+                printf("%-26s %6.0f  %-7s %10.1f %8.1f-%-8.1f %7.2f %10.2f\n",
+                       order == 0 ? cases[i].name : "", bytes,
+                       kou_bp_name(which), res[i].ns_per_req[which],
+                       res[i].lo[which], res[i].hi[which], gbs, ratio);
+            }
+        }
+    }
+    return 0;
+}

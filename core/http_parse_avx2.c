@@ -1,0 +1,265 @@
+/*
+ * AVX2 kernels of the HTTP/1.1 parser (contract in http_parse_kernel.h):
+ * 32 bytes a step. The request-line class is a range compare; every other
+ * class is a nibble lookup into the tables of kou_http_sets: the low
+ * nibble picks a byte of bits from the set's table (vpshufb), the high
+ * nibble picks the bit, and bytes above 0x7f pick none. The two nibbles
+ * are split once per step and serve every set looked up in it. Built with
+ * -mavx2 alone, and only called once the CPU has been seen to run it.
+ *
+ * A scan whose end is 32 bytes or more into the buffer finishes with one
+ * load that ends at e, reaching back over bytes already passed and
+ * shifting them out; only a buffer shorter than a vector is walked a byte
+ * at a time. The common case of each kernel (a whole vector from i, an
+ * answer inside it) runs first and calls nothing, so that it needs no
+ * stack frame.
+ */
+
+#include <immintrin.h>
+
+#include "http_parse_kernel.h"
+
+/* One bit per high nibble below 8, none above: a byte's bit in a table. */
+static const int8_t kou_avx2_hib[32] __attribute__((aligned(32))) = {
+    1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0
+};
+
+typedef struct {
+    __m256i lo;   /* low nibbles */
+    __m256i hb;   /* each byte's bit, from its high nibble */
+} kou_avx2_nib_t;
+
+static inline kou_avx2_nib_t
+kou_avx2_nibbles(__m256i v)
+{
+    __m256i        f = _mm256_set1_epi8(0x0f);
+    kou_avx2_nib_t n;
+
+    n.lo = _mm256_and_si256(v, f);
+    n.hb = _mm256_shuffle_epi8(
+        _mm256_load_si256((const __m256i *) kou_avx2_hib),
+        _mm256_and_si256(_mm256_srli_epi16(v, 4), f));
+    return n;
+}
+
+/* The bytes in kou_http_sets.<set>, one bit each. */
+static inline uint32_t
+kou_avx2_in(kou_avx2_nib_t n, unsigned set)
+{
+    __m256i t = _mm256_broadcastsi128_si256(
+        _mm_load_si128((const __m128i *) kou_http_sets.nibble[set]));
+
+    return ~(uint32_t) _mm256_movemask_epi8(_mm256_cmpeq_epi8(
+        _mm256_and_si256(_mm256_shuffle_epi8(t, n.lo), n.hb),
+        _mm256_setzero_si256()));
+}
+
+/* Not SP..'~': adding 0x60 maps that range, and only it, to -128..-34. */
+static inline uint32_t
+kou_avx2_rl_bad(__m256i v)
+{
+    __m256i x = _mm256_add_epi8(v, _mm256_set1_epi8(0x60));
+
+    return (uint32_t) _mm256_movemask_epi8(
+        _mm256_cmpgt_epi8(x, _mm256_set1_epi8(-34)));
+}
+
+static inline __m256i
+kou_avx2_load(const u_char *p)
+{
+    return _mm256_loadu_si256((const __m256i *) p);
+}
+
+/*
+ * First byte of buf[i..e) outside the set (fl: inside FL_BAD), at least 32
+ * bytes from the start of buf to e, or any length when byte-walking.
+ */
+static inline __attribute__((always_inline)) size_t
+kou_avx2_scan(const u_char *buf, size_t i, size_t e, unsigned set, bool fl)
+{
+    uint32_t m;
+    size_t   sh;
+
+    while (e - i >= 32) {
+        m = kou_avx2_in(kou_avx2_nibbles(kou_avx2_load(buf + i)), set);
+        m = fl ? m : ~m;
+        if (m) {
+            return i + (size_t) __builtin_ctz(m);
+        }
+        i += 32;
+    }
+    if (i == e) {
+        return e;
+    }
+    if (e >= 32) {
+        sh = 32 - (e - i);
+        m = kou_avx2_in(kou_avx2_nibbles(kou_avx2_load(buf + e - 32)), set);
+        m = (fl ? m : ~m) >> sh;
+        return m ? i + (size_t) __builtin_ctz(m) : e;
+    }
+    /* a buffer shorter than a vector: the same tables, a byte at a time */
+    for ( ; i < e; i++) {
+        u_char c = buf[i];
+        bool   in = c < 0x80
+                    && (kou_http_sets.nibble[set][c & 0x0f] >> (c >> 4) & 1);
+
+        if (in == fl) {
+            break;
+        }
+    }
+    return i;
+}
+
+static size_t
+kou_avx2_field_line(const u_char *buf, size_t i, size_t e)
+{
+    return kou_avx2_scan(buf, i, e, KOU_HTTP_SET_FL_BAD, true);
+}
+
+static size_t
+kou_avx2_span(const u_char *buf, size_t i, size_t e, unsigned set)
+{
+    return kou_avx2_scan(buf, i, e, set, false);
+}
+
+static inline void
+kou_avx2_take_sp(size_t sp[2], size_t *n, size_t base, uint32_t s)
+{
+    while (*n < 2 && s != 0) {
+        sp[(*n)++] = base + (size_t) __builtin_ctz(s);
+        s &= s - 1;
+    }
+}
+
+static __attribute__((noinline)) size_t
+kou_avx2_request_line_rest(const u_char *buf, size_t i, size_t e,
+                           size_t sp[2], size_t n)
+{
+    __m256i  v, spc = _mm256_set1_epi8(' ');
+    uint32_t m, s;
+    size_t   k, sh;
+
+    for ( ;; ) {
+        if (e - i >= 32) {
+            v = kou_avx2_load(buf + i);
+            m = kou_avx2_rl_bad(v);
+            s = (uint32_t) _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, spc));
+        } else if (i == e) {
+            k = e;
+            break;
+        } else if (e >= 32) {
+            sh = 32 - (e - i);
+            v = kou_avx2_load(buf + e - 32);
+            m = kou_avx2_rl_bad(v) >> sh;
+            s = (uint32_t) _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, spc))
+                >> sh;
+            k = m ? i + (size_t) __builtin_ctz(m) : e;
+            kou_avx2_take_sp(sp, &n, i, m ? s & ((m & -m) - 1) : s);
+            break;
+        } else {
+            for (k = i; k < e && buf[k] >= 0x20 && buf[k] <= 0x7e; k++) {
+                if (buf[k] == ' ' && n < 2) {
+                    sp[n++] = k;
+                }
+            }
+            break;
+        }
+        if (m) {
+            k = i + (size_t) __builtin_ctz(m);
+            kou_avx2_take_sp(sp, &n, i, s & ((m & -m) - 1));
+            break;
+        }
+        kou_avx2_take_sp(sp, &n, i, s);
+        i += 32;
+    }
+    while (n < 2) {
+        sp[n++] = k;
+    }
+    return k;
+}
+
+static size_t
+kou_avx2_request_line(const u_char *buf, size_t i, size_t e, size_t sp[2])
+{
+    __m256i  v;
+    uint32_t m, s;
+
+    if (e - i >= 32) {
+        /* the common line: in one vector, with both its SPs */
+        v = kou_avx2_load(buf + i);
+        m = kou_avx2_rl_bad(v);
+        s = (uint32_t) _mm256_movemask_epi8(
+                _mm256_cmpeq_epi8(v, _mm256_set1_epi8(' ')))
+            & ((m & -m) - 1);
+        if (m != 0 && (s & (s - 1)) != 0) {
+            sp[0] = i + (size_t) __builtin_ctz(s);
+            s &= s - 1;
+            sp[1] = i + (size_t) __builtin_ctz(s);
+            return i + (size_t) __builtin_ctz(m);
+        }
+    }
+    return kou_avx2_request_line_rest(buf, i, e, sp, 0);
+}
+
+/* The slow ends of field_start, kept out of line so it needs no frame. */
+static __attribute__((noinline)) kou_http_line_t
+kou_avx2_field_start_short(const u_char *buf, size_t i, size_t e)
+{
+    kou_http_line_t r;
+
+    r.name = kou_avx2_span(buf, i, e, KOU_HTTP_SET_TCHAR);
+    r.end = kou_avx2_field_line(buf, r.name, e);
+    return r;
+}
+
+static __attribute__((noinline)) kou_http_line_t
+kou_avx2_field_start_long(const u_char *buf, size_t i, size_t e, uint32_t t)
+{
+    kou_http_line_t r;
+
+    r.name = t ? i + (size_t) __builtin_ctz(t)
+               : kou_avx2_span(buf, i + 32, e, KOU_HTTP_SET_TCHAR);
+    r.end = kou_avx2_field_line(buf, i + 32, e);
+    return r;
+}
+
+static kou_http_line_t
+kou_avx2_field_start(const u_char *buf, size_t i, size_t e)
+{
+    kou_avx2_nib_t  n;
+    kou_http_line_t r;
+    uint32_t        t, f;
+    size_t          sh;
+
+    if (e - i >= 32) {
+        n = kou_avx2_nibbles(kou_avx2_load(buf + i));
+        t = ~kou_avx2_in(n, KOU_HTTP_SET_TCHAR);
+        f = kou_avx2_in(n, KOU_HTTP_SET_FL_BAD);
+        if (f == 0) {
+            return kou_avx2_field_start_long(buf, i, e, t);
+        }
+        /* the common line: its name and its end in one vector */
+        r.name = i + (size_t) __builtin_ctz(t);
+        r.end = i + (size_t) __builtin_ctz(f);
+        return r;
+    }
+    if (e < 32 || i == e) {
+        return kou_avx2_field_start_short(buf, i, e);
+    }
+    /* the last line in the buffer: one vector that ends at e */
+    sh = 32 - (e - i);
+    n = kou_avx2_nibbles(kou_avx2_load(buf + e - 32));
+    t = ~kou_avx2_in(n, KOU_HTTP_SET_TCHAR) >> sh;
+    f = kou_avx2_in(n, KOU_HTTP_SET_FL_BAD) >> sh;
+    r.name = t ? i + (size_t) __builtin_ctz(t) : e;
+    r.end = f ? i + (size_t) __builtin_ctz(f) : e;
+    return r;
+}
+
+const kou_http_kernels_t kou_http_kernels_avx2 = {
+    kou_avx2_request_line,
+    kou_avx2_field_line,
+    kou_avx2_field_start,
+    kou_avx2_span
+};

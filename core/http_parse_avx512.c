@@ -1,0 +1,262 @@
+/*
+ * AVX-512 kernels of the HTTP/1.1 parser (contract in http_parse_kernel.h):
+ * 64 bytes a step, in two tables. Both need AVX-512BW and VL, the flags
+ * this file is built with; the second also uses VBMI, and only its
+ * functions are built for it (target attribute), so the first runs on a
+ * CPU without VBMI.
+ *
+ *   kou_http_kernels_avx512:     sets by nibble lookup (vpshufb per lane,
+ *                                as in the AVX2 tier);
+ *   kou_http_kernels_avx512vbmi: sets by one vpermi2b into the 128-byte
+ *                                table kou_http_sets.ascii, bytes above
+ *                                0x7f taken out by their sign.
+ *
+ * Every step is a masked load: masked-off bytes are not read, so no load
+ * reaches e whatever the alignment, and no scan needs a byte loop.
+ */
+
+#include <immintrin.h>
+
+#include "http_parse_kernel.h"
+
+/* One bit per high nibble below 8, none above: a byte's bit in a table. */
+static const int8_t kou_512_hib[16] __attribute__((aligned(16))) = {
+    1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0
+};
+
+typedef struct {
+    __m512i lo;   /* low nibbles */
+    __m512i hb;   /* each byte's bit, from its high nibble */
+} kou_512_nib_t;
+
+/* All of buf[i..e) when under 64 bytes, else 64: masked off, not read. */
+static inline __mmask64
+kou_512_room(size_t i, size_t e)
+{
+    return e - i >= 64 ? ~(__mmask64) 0 : ((__mmask64) 1 << (e - i)) - 1;
+}
+
+static inline __m512i
+kou_512_load(__mmask64 k, const u_char *p)
+{
+    return _mm512_maskz_loadu_epi8(k, p);
+}
+
+static inline kou_512_nib_t
+kou_512_nibbles(__m512i v)
+{
+    __m512i       f = _mm512_set1_epi8(0x0f);
+    kou_512_nib_t n;
+
+    n.lo = _mm512_and_si512(v, f);
+    n.hb = _mm512_shuffle_epi8(
+        _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *) kou_512_hib)),
+        _mm512_and_si512(_mm512_srli_epi16(v, 4), f));
+    return n;
+}
+
+/* The bytes in kou_http_sets.<set>. */
+static inline __mmask64
+kou_512_in(kou_512_nib_t n, unsigned set)
+{
+    __m512i t = _mm512_broadcast_i32x4(
+        _mm_load_si128((const __m128i *) kou_http_sets.nibble[set]));
+
+    return _mm512_test_epi8_mask(_mm512_shuffle_epi8(t, n.lo), n.hb);
+}
+
+/* Not SP..'~': v - 0x20 above 0x5e, unsigned. */
+static inline __mmask64
+kou_512_rl_bad(__m512i v)
+{
+    return _mm512_cmpgt_epu8_mask(_mm512_sub_epi8(v, _mm512_set1_epi8(0x20)),
+                                  _mm512_set1_epi8(0x5e));
+}
+
+static inline size_t
+kou_512_at(size_t i, __mmask64 m)
+{
+    return i + (size_t) __builtin_ctzll(m);
+}
+
+/* First byte of buf[i..e) outside the set (fl: inside FL_BAD). */
+static inline __attribute__((always_inline)) size_t
+kou_512_scan(const u_char *buf, size_t i, size_t e, unsigned set, bool fl)
+{
+    __mmask64 k, m;
+
+    for ( ;; ) {
+        k = kou_512_room(i, e);
+        m = kou_512_in(kou_512_nibbles(kou_512_load(k, buf + i)), set);
+        m = (fl ? m : ~m) & k;
+        if (m) {
+            return kou_512_at(i, m);
+        }
+        if (e - i <= 64) {
+            return e;
+        }
+        i += 64;
+    }
+}
+
+static size_t
+kou_512_field_line(const u_char *buf, size_t i, size_t e)
+{
+    return kou_512_scan(buf, i, e, KOU_HTTP_SET_FL_BAD, true);
+}
+
+static size_t
+kou_512_span(const u_char *buf, size_t i, size_t e, unsigned set)
+{
+    return kou_512_scan(buf, i, e, set, false);
+}
+
+static inline void
+kou_512_take_sp(size_t sp[2], size_t *n, size_t base, uint64_t s)
+{
+    while (*n < 2 && s != 0) {
+        sp[(*n)++] = base + (size_t) __builtin_ctzll(s);
+        s &= s - 1;
+    }
+}
+
+static size_t
+kou_512_request_line(const u_char *buf, size_t i, size_t e, size_t sp[2])
+{
+    __m512i   v;
+    __mmask64 k, m, s;
+    size_t    n = 0, r;
+
+    for ( ;; ) {
+        k = kou_512_room(i, e);
+        v = kou_512_load(k, buf + i);
+        m = kou_512_rl_bad(v) & k;
+        s = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(' ')) & k;
+        if (m) {
+            r = kou_512_at(i, m);
+            kou_512_take_sp(sp, &n, i, s & ((m & -m) - 1));
+            break;
+        }
+        kou_512_take_sp(sp, &n, i, s);
+        if (e - i <= 64) {
+            r = e;
+            break;
+        }
+        i += 64;
+    }
+    while (n < 2) {
+        sp[n++] = r;
+    }
+    return r;
+}
+
+/* A name or line longer than a vector: the rest, out of line. */
+static __attribute__((noinline)) kou_http_line_t
+kou_512_field_start_long(const u_char *buf, size_t i, size_t e,
+                         __mmask64 t)
+{
+    kou_http_line_t r;
+
+    r.name = t ? kou_512_at(i, t)
+               : kou_512_span(buf, i + 64, e, KOU_HTTP_SET_TCHAR);
+    r.end = kou_512_field_line(buf, i + 64, e);
+    return r;
+}
+
+static kou_http_line_t
+kou_512_field_start(const u_char *buf, size_t i, size_t e)
+{
+    kou_512_nib_t   n;
+    kou_http_line_t r;
+    __mmask64       k, t, f;
+
+    k = kou_512_room(i, e);
+    n = kou_512_nibbles(kou_512_load(k, buf + i));
+    t = ~kou_512_in(n, KOU_HTTP_SET_TCHAR) & k;
+    f = kou_512_in(n, KOU_HTTP_SET_FL_BAD) & k;
+    if (f == 0 && e - i > 64) {
+        return kou_512_field_start_long(buf, i, e, t);
+    }
+    r.name = t ? kou_512_at(i, t) : e;
+    r.end = f ? kou_512_at(i, f) : e;
+    return r;
+}
+
+const kou_http_kernels_t kou_http_kernels_avx512 = {
+    kou_512_request_line,
+    kou_512_field_line,
+    kou_512_field_start,
+    kou_512_span
+};
+
+/* ---- VBMI ---- */
+
+#define KOU_VBMI __attribute__((target("avx512vbmi")))
+
+/* The bytes in kou_http_sets.<set>: its bit in ascii[v], v below 0x80. */
+static inline KOU_VBMI __mmask64
+kou_512vbmi_in(__m512i v, unsigned set)
+{
+    __m512i t0 = _mm512_load_si512(kou_http_sets.ascii);
+    __m512i t1 = _mm512_load_si512(kou_http_sets.ascii + 64);
+
+    return _mm512_mask_test_epi8_mask(
+        ~_mm512_movepi8_mask(v), _mm512_permutex2var_epi8(t0, v, t1),
+        _mm512_set1_epi8((char) (1u << set)));
+}
+
+static KOU_VBMI size_t
+kou_512vbmi_span(const u_char *buf, size_t i, size_t e, unsigned set)
+{
+    __mmask64 k, m;
+
+    for ( ;; ) {
+        k = kou_512_room(i, e);
+        m = ~kou_512vbmi_in(kou_512_load(k, buf + i), set) & k;
+        if (m) {
+            return kou_512_at(i, m);
+        }
+        if (e - i <= 64) {
+            return e;
+        }
+        i += 64;
+    }
+}
+
+static __attribute__((noinline)) KOU_VBMI kou_http_line_t
+kou_512vbmi_field_start_long(const u_char *buf, size_t i, size_t e,
+                             __mmask64 t)
+{
+    kou_http_line_t r;
+
+    r.name = t ? kou_512_at(i, t)
+               : kou_512vbmi_span(buf, i + 64, e, KOU_HTTP_SET_TCHAR);
+    r.end = kou_512_field_line(buf, i + 64, e);
+    return r;
+}
+
+static KOU_VBMI kou_http_line_t
+kou_512vbmi_field_start(const u_char *buf, size_t i, size_t e)
+{
+    kou_http_line_t r;
+    __m512i         v;
+    __mmask64       k, t, f;
+
+    k = kou_512_room(i, e);
+    v = kou_512_load(k, buf + i);
+    t = ~kou_512vbmi_in(v, KOU_HTTP_SET_TCHAR) & k;
+    f = kou_512vbmi_in(v, KOU_HTTP_SET_FL_BAD) & k;
+    if (f == 0 && e - i > 64) {
+        return kou_512vbmi_field_start_long(buf, i, e, t);
+    }
+    r.name = t ? kou_512_at(i, t) : e;
+    r.end = f ? kou_512_at(i, f) : e;
+    return r;
+}
+
+const kou_http_kernels_t kou_http_kernels_avx512vbmi = {
+    kou_512_request_line,
+    kou_512_field_line,
+    kou_512vbmi_field_start,
+    kou_512vbmi_span
+};
