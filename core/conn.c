@@ -315,7 +315,17 @@ kou_conn_flush_plain(kou_conn_t *c)
                 n++;
             }
         }
-        w = writev(c->ev.fd, iov, n);
+        if (b != NULL && b->fd >= 0) {
+            /*
+             * A file follows (a response head before its body): MSG_MORE
+             * lets the kernel put the head and the first file bytes in the
+             * same segment instead of sending the head alone.
+             */
+            struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t) n };
+            w = sendmsg(c->ev.fd, &mh, MSG_MORE | MSG_NOSIGNAL);
+        } else {
+            w = writev(c->ev.fd, iov, n);
+        }
         if (w < 0) {
             if (errno == EINTR) {
                 continue;
@@ -708,9 +718,10 @@ kou_conn_run(kou_conn_t *c)
             break;
         }
 
-        kou_conn_state(c, KOU_CONN_HEAD);
+        /* a head that is all there goes straight from idle to active */
         int rc = kou_http_request_begin(c);
         if (rc == KOU_AGAIN) {
+            kou_conn_state(c, KOU_CONN_HEAD);
             if (c->in_end == c->in_size && c->in_start > 0) {
                 /* make room: the parser keeps offsets, not pointers */
                 memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);

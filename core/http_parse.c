@@ -312,7 +312,7 @@ kou_http_scalar_field_start(const u_char *buf, size_t i, size_t e)
     return r;
 }
 
-static const kou_http_kernels_t kou_http_kernels_scalar = {
+const kou_http_kernels_t kou_http_kernels_scalar = {
     kou_http_scalar_request_line,
     kou_http_scalar_field_line,
     kou_http_scalar_field_start,
@@ -326,9 +326,13 @@ kou_http_sets_t kou_http_sets;
 void
 kou_http_kernels_prepare(void)
 {
-    unsigned s, b;
+    static bool done;
+    unsigned    s, b;
 
-    memset(&kou_http_sets, 0, sizeof(kou_http_sets));
+    if (done) {
+        return;
+    }
+    done = true;
     for (s = 0; s < KOU_HTTP_SETS; s++) {
         for (b = 0; b < 0x80; b++) {
             if (s == KOU_HTTP_SET_FL_BAD ? !kou_http_fl[b]
@@ -382,28 +386,31 @@ kou_http_span_pct(const u_char *buf, size_t i, size_t e, size_t rd,
 static bool
 kou_http_ipv4(const u_char *s, size_t n)
 {
-    size_t   i = 0, b;
-    unsigned parts = 0, v;
+    size_t   i;
+    unsigned parts = 0, v = 0, d;
+    bool     digits = false;
 
-    for ( ;; ) {
-        b = i;
-        v = 0;
-        while (i < n && i - b < 3 && kou_http_is_digit(s[i])) {
-            v = v * 10 + (unsigned) (s[i] - '0');
-            i++;
-        }
-        if (i == b || v > 255 || (i - b > 1 && s[b] == '0')) {
+    for (i = 0; i < n; i++) {
+        d = (unsigned) s[i] - '0';
+        if (d < 10) {
+            /* no digit after a leading 0; four digits are over 255 anyway */
+            if (digits && v == 0) {
+                return false;
+            }
+            v = v * 10 + d;
+            if (v > 255) {
+                return false;
+            }
+            digits = true;
+        } else if (s[i] == '.' && digits && parts < 3) {
+            parts++;
+            v = 0;
+            digits = false;
+        } else {
             return false;
         }
-        parts++;
-        if (i == n) {
-            return parts == 4;
-        }
-        if (s[i] != '.' || parts == 4) {
-            return false;
-        }
-        i++;
     }
+    return digits && parts == 3;
 }
 
 /* IPv6address of RFC 3986 §3.2.2, including the dotted-quad tail. */
@@ -522,6 +529,24 @@ kou_http_numeric_host(const u_char *s, size_t n)
     return kou_http_numeric_label(s, n);
 }
 
+/* Nothing at buf[i..e), or ":" *DIGIT (RFC 3986 §3.2.3). */
+static inline bool
+kou_http_port(const u_char *buf, size_t i, size_t e)
+{
+    if (i == e) {
+        return true;
+    }
+    if (buf[i] != ':') {
+        return false;
+    }
+    for (i++; i < e; i++) {
+        if (!kou_http_is_digit(buf[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /*
  * uri-host [ ":" port ] in buf[s..e) (RFC 3986 §3.2.2-3), as an authority
  * without userinfo or as a Host value. On success *hend is where the host
@@ -552,18 +577,7 @@ kou_http_host_port(const u_char *buf, size_t s, size_t e, size_t rd,
         }
     }
     *hend = i;
-    if (i == e) {
-        return true;
-    }
-    if (buf[i] != ':') {
-        return false;
-    }
-    for (i++; i < e; i++) {
-        if (!kou_http_is_digit(buf[i])) {
-            return false;
-        }
-    }
-    return true;
+    return kou_http_port(buf, i, e);
 }
 
 static void
@@ -1060,13 +1074,16 @@ kou_http_field_host(kou_http_parser_t *p, const u_char *buf, size_t s,
         return 400;
     }
     p->flags |= KOU_HP_HOST;
-    /* a plain name, without pct-encoding or port: what most are */
-    if (e > s && p->target_form == KOU_TARGET_ORIGIN
-        && kou_http_span_to(buf, s, e, rd, KOU_HTTP_SET_REGNAME) == e
-        && !kou_http_numeric_host(buf + s, e - s))
-    {
-        kou_http_set_host(p, s, e, e);
-        return KOU_OK;
+    if (p->target_form == KOU_TARGET_ORIGIN && e > s) {
+        /* reg-name or IPv4, then the port if any: what nearly all are */
+        hend = kou_http_span_to(buf, s, e, rd, KOU_HTTP_SET_REGNAME);
+        if (hend > s && kou_http_port(buf, hend, e)
+            && (!kou_http_numeric_host(buf + s, hend - s)
+                || kou_http_ipv4(buf + s, hend - s)))
+        {
+            kou_http_set_host(p, s, hend, e);
+            return KOU_OK;
+        }
     }
     if (!kou_http_host_port(buf, s, e, rd, &hend)) {
         return 400;
@@ -1095,7 +1112,6 @@ kou_http_field_line(kou_http_parser_t *p, const u_char *buf, size_t s,
 {
     size_t        i = name, vs, ve;
     kou_header_t *h;
-    kou_str_t     name_s;
 
     /* buf[e] is the CR, so this also catches a name that ends the line */
     if (buf[i] != ':' || i == s) {
@@ -1112,8 +1128,8 @@ kou_http_field_line(kou_http_parser_t *p, const u_char *buf, size_t s,
     kou_http_span(&h->name, s, i - s);
     kou_http_span(&h->value, vs, ve - vs);
 
-    name_s = kou_http_str(buf, s, i);
-    switch (name_s.n) {
+    /* by length first: at most one compare per field */
+    switch (i - s) {
     case 4:
         if (kou_http_lc_eq(buf + s, "host", 4)) {
             return kou_http_field_host(p, buf, vs, ve, rd);
@@ -1292,6 +1308,11 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
             goto field_end;
         }
         for ( ;; ) {
+            if (pos + 1 < end && kou_http_crlf(buf + pos)) {
+                /* the empty line that ends the head: no scan needed */
+                p->head_len = pos + 2;
+                return kou_http_head_done(p, buf);
+            }
             line = k->field_start(buf, pos, end);
             pos = line.end;
             name = line.name;

@@ -11,8 +11,9 @@
  *                                table kou_http_sets.ascii, bytes above
  *                                0x7f taken out by their sign.
  *
- * Every step is a masked load: masked-off bytes are not read, so no load
- * reaches e whatever the alignment, and no scan needs a byte loop.
+ * The last step of a scan is a masked load: masked-off bytes are not read,
+ * so no load reaches e whatever the alignment, and no scan needs a byte
+ * loop.
  */
 
 #include <immintrin.h>
@@ -79,24 +80,28 @@ kou_512_at(size_t i, __mmask64 m)
     return i + (size_t) __builtin_ctzll(m);
 }
 
-/* First byte of buf[i..e) outside the set (fl: inside FL_BAD). */
+/*
+ * First byte of buf[i..e) outside the set (fl: inside FL_BAD). Whole
+ * vectors are plain loads: a masked load in the loop would carry the mask
+ * register from one step to the next, and serialise them.
+ */
 static inline __attribute__((always_inline)) size_t
 kou_512_scan(const u_char *buf, size_t i, size_t e, unsigned set, bool fl)
 {
     __mmask64 k, m;
 
-    for ( ;; ) {
-        k = kou_512_room(i, e);
-        m = kou_512_in(kou_512_nibbles(kou_512_load(k, buf + i)), set);
-        m = (fl ? m : ~m) & k;
+    while (e - i >= 64) {
+        m = kou_512_in(kou_512_nibbles(_mm512_loadu_si512(buf + i)), set);
+        m = fl ? m : ~m;
         if (m) {
             return kou_512_at(i, m);
         }
-        if (e - i <= 64) {
-            return e;
-        }
         i += 64;
     }
+    k = kou_512_room(i, e);
+    m = kou_512_in(kou_512_nibbles(kou_512_load(k, buf + i)), set);
+    m = (fl ? m : ~m) & k;
+    return m ? kou_512_at(i, m) : e;
 }
 
 static size_t
@@ -129,7 +134,8 @@ kou_512_request_line(const u_char *buf, size_t i, size_t e, size_t sp[2])
 
     for ( ;; ) {
         k = kou_512_room(i, e);
-        v = kou_512_load(k, buf + i);
+        v = e - i >= 64 ? _mm512_loadu_si512(buf + i)
+                        : kou_512_load(k, buf + i);
         m = kou_512_rl_bad(v) & k;
         s = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(' ')) & k;
         if (m) {
@@ -171,7 +177,8 @@ kou_512_field_start(const u_char *buf, size_t i, size_t e)
     __mmask64       k, t, f;
 
     k = kou_512_room(i, e);
-    n = kou_512_nibbles(kou_512_load(k, buf + i));
+    n = kou_512_nibbles(e - i >= 64 ? _mm512_loadu_si512(buf + i)
+                                    : kou_512_load(k, buf + i));
     t = ~kou_512_in(n, KOU_HTTP_SET_TCHAR) & k;
     f = kou_512_in(n, KOU_HTTP_SET_FL_BAD) & k;
     if (f == 0 && e - i > 64) {
@@ -210,17 +217,16 @@ kou_512vbmi_span(const u_char *buf, size_t i, size_t e, unsigned set)
 {
     __mmask64 k, m;
 
-    for ( ;; ) {
-        k = kou_512_room(i, e);
-        m = ~kou_512vbmi_in(kou_512_load(k, buf + i), set) & k;
+    while (e - i >= 64) {
+        m = ~kou_512vbmi_in(_mm512_loadu_si512(buf + i), set);
         if (m) {
             return kou_512_at(i, m);
         }
-        if (e - i <= 64) {
-            return e;
-        }
         i += 64;
     }
+    k = kou_512_room(i, e);
+    m = ~kou_512vbmi_in(kou_512_load(k, buf + i), set) & k;
+    return m ? kou_512_at(i, m) : e;
 }
 
 static __attribute__((noinline)) KOU_VBMI kou_http_line_t
@@ -243,7 +249,7 @@ kou_512vbmi_field_start(const u_char *buf, size_t i, size_t e)
     __mmask64       k, t, f;
 
     k = kou_512_room(i, e);
-    v = kou_512_load(k, buf + i);
+    v = e - i >= 64 ? _mm512_loadu_si512(buf + i) : kou_512_load(k, buf + i);
     t = ~kou_512vbmi_in(v, KOU_HTTP_SET_TCHAR) & k;
     f = kou_512vbmi_in(v, KOU_HTTP_SET_FL_BAD) & k;
     if (f == 0 && e - i > 64) {

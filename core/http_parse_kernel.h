@@ -79,13 +79,19 @@ typedef struct {
  */
 extern const kou_http_kernels_t *kou_http_kernels;
 
+/* The definition, in http_parse.c. */
+extern const kou_http_kernels_t kou_http_kernels_scalar;
+
 /* Each is defined by its tier's file, built only where it can be. */
 extern const kou_http_kernels_t kou_http_kernels_sse42;
 extern const kou_http_kernels_t kou_http_kernels_avx2;
 extern const kou_http_kernels_t kou_http_kernels_avx512;
 extern const kou_http_kernels_t kou_http_kernels_avx512vbmi;
 
-/* Fill kou_http_sets from the scalar tables. Idempotent. */
+/*
+ * Fill kou_http_sets from the scalar tables, on the first call only; set
+ * tier calls it before it lets a vector tier run.
+ */
 void kou_http_kernels_prepare(void);
 
 #endif /* KOU_HTTP_PARSE_KERNEL_H */

@@ -981,6 +981,9 @@ kou_r_finish(kou_request_t *r)
     if (!r->head_sent || r->resp_done) {
         return KOU_ERROR;
     }
+    if (r->tunnel) {
+        r->body_done = 1;   /* the tunnel ends both ways */
+    }
     if (r->resp_chunked && !r->resp_no_body) {
         if (kou_conn_out(c, "0\r\n\r\n", 5) != KOU_OK) {
             c->error = 1;

@@ -61,6 +61,7 @@ struct kou_request_s {
     unsigned                body_progress:1;  /* bytes since the timer was armed */
     unsigned                aborted:1;
     unsigned                body_paused:1;    /* read_body_pause: hold on */
+    unsigned                tunnel:1;         /* after a 101 (upgrade) */
 
     /* response */
     unsigned                head_sent:1;

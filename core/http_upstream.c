@@ -525,3 +525,113 @@ kou_r_abort(kou_request_t *r)
     }
     return KOU_OK;
 }
+
+static bool
+kou_up_field_ok(const kou_header_t *h)
+{
+    if (h->name.n == 0) {
+        return false;
+    }
+    for (size_t i = 0; i < h->name.n; i++) {
+        if (!kou_up_tchar[(u_char) h->name.p[i]]) {
+            return false;
+        }
+    }
+    for (size_t i = 0; i < h->value.n; i++) {
+        u_char ch = (u_char) h->value.p[i];
+
+        if (ch == '\r' || ch == '\n' || ch == '\0') {
+            return false;
+        }
+    }
+    return true;
+}
+
+int
+kou_r_upgrade(kou_request_t *r, const kou_header_t *headers, size_t nheaders,
+              kou_body_pt on_data, void *arg)
+{
+    static const char conn_upgrade[] = "Connection: upgrade\r\n";
+    kou_conn_t       *c = r->c;
+    kou_str_t         reason = kou_http_reason(101);
+    kou_str_t         date = kou_http_date_line();
+    kou_str_t         v;
+    size_t            size = 64 + reason.n + date.n + sizeof(conn_upgrade);
+    u_char           *p, *start;
+
+    if (r->head_sent || r->resp_done || c->error || on_data == NULL
+        || r->p.version != 11 || !r->p.conn_upgrade || r->p.chunked
+        || r->p.content_length > 0
+        || kou_r_header(r, KOU_STR("Upgrade"), 0, &v) != KOU_OK)
+    {
+        return KOU_ERROR;
+    }
+    for (size_t i = 0; i < nheaders; i++) {
+        if (!kou_up_field_ok(&headers[i])) {
+            return KOU_ERROR;
+        }
+        size += headers[i].name.n + headers[i].value.n + 4;
+    }
+    start = p = kou_conn_reserve(c, size);
+    if (p == NULL) {
+        c->error = 1;
+        return KOU_ERROR;
+    }
+    memcpy(p, "HTTP/1.1 101 ", 13);
+    p += 13;
+    memcpy(p, reason.p, reason.n);
+    p += reason.n;
+    memcpy(p, "\r\nServer: kourier\r\n", 19);
+    p += 19;
+    memcpy(p, date.p, date.n);
+    p += date.n;
+    memcpy(p, conn_upgrade, sizeof(conn_upgrade) - 1);
+    p += sizeof(conn_upgrade) - 1;
+    for (size_t i = 0; i < nheaders; i++) {
+        const kou_header_t *h = &headers[i];
+
+        /* the server owns the framing and Connection, even here */
+        if (kou_str_eq_lit(h->name, "connection")
+            || kou_str_eq_lit(h->name, "content-length")
+            || kou_str_eq_lit(h->name, "transfer-encoding"))
+        {
+            continue;
+        }
+        memcpy(p, h->name.p, h->name.n);
+        p += h->name.n;
+        *p++ = ':';
+        *p++ = ' ';
+        memcpy(p, h->value.p, h->value.n);
+        p += h->value.n;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    kou_conn_commit(c, (size_t) (p - start));
+
+    r->status = 101;
+    r->head_sent = 1;
+    r->resp_length = -1;
+    r->resp_chunked = 0;
+    r->resp_no_body = 0;
+    r->keep_alive = 0;
+    c->closing = 1;
+
+    /*
+     * From here the client's bytes are an endless body: the body machinery
+     * already streams, pauses and times out the way a tunnel needs, and
+     * works the same over TLS.
+     */
+    r->tunnel = 1;
+    r->body_done = 0;
+    r->body_left = UINT64_MAX;
+    r->body_cb = on_data;
+    r->body_arg = arg;
+    r->body_wanted = 1;
+    r->body_paused = 0;
+    if (!c->in_process) {
+        kou_conn_post(c);
+    }
+    return KOU_OK;
+}

@@ -60,4 +60,13 @@ int kou_r_is_tls(kou_request_t *r);
  */
 int kou_r_abort(kou_request_t *r);
 
+/*
+ * Answer 101 and turn the connection into a tunnel (see kou_host_t
+ * .upgrade): the client's bytes go to on_data through the body machinery
+ * (an endless body), the module's go out raw with write(), finish() closes.
+ * KOU_OK or KOU_ERROR (nothing sent).
+ */
+int kou_r_upgrade(kou_request_t *r, const kou_header_t *headers,
+                  size_t nheaders, kou_body_pt on_data, void *arg);
+
 #endif /* KOU_HTTP_UPSTREAM_H */

@@ -252,6 +252,7 @@ const kou_host_t kou_host = {
     .read_body_pause = kou_r_read_body_pause,
     .is_tls = kou_r_is_tls,
     .abort = kou_r_abort,
+    .upgrade = kou_r_upgrade,
 };
 
 /* ---- loader ---- */

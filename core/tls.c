@@ -716,6 +716,7 @@ kou_tls_ctx_new(const kou_config_t *cf, const kou_listen_conf_t *lc,
 {
     const kou_tls_conf_t *tc = lc->tls_conf;
     SSL_CTX              *ctx;
+    const char           *ciphers;
     u_char                sid[SHA256_DIGEST_LENGTH];
     char                  why[256];
 
@@ -739,25 +740,24 @@ kou_tls_ctx_new(const kou_config_t *cf, const kou_listen_conf_t *lc,
     SSL_CTX_set_dh_auto(ctx, 1);
 
     ERR_clear_error();
-    if (SSL_CTX_set_cipher_list(ctx, tc->ciphers != NULL
-                                     ? tc->ciphers
-                                     : KOU_TLS_DEFAULT_CIPHERS) != 1)
-    {
-        kou_conf_error(tc->ciphers_node, err, errlen,
+    ciphers = tc->ciphers != NULL ? tc->ciphers : KOU_TLS_DEFAULT_CIPHERS;
+    if (SSL_CTX_set_cipher_list(ctx, ciphers) != 1) {
+        kou_conf_error(tc->ciphers_node != NULL ? tc->ciphers_node
+                                                : tc->node, err, errlen,
                        "tls: ciphers: OpenSSL knows none of \"%s\" (%s)",
-                       tc->ciphers, kou_tls_reason(why, sizeof(why)));
+                       ciphers, kou_tls_reason(why, sizeof(why)));
         goto failed;
     }
-    if (tc->ciphersuites != NULL
-        && (SSL_CTX_set_ciphersuites(ctx, tc->ciphersuites) != 1
-            || kou_tls_check_suites(ctx, tc, err, errlen) != KOU_OK))
-    {
-        if (ERR_peek_error() != 0) {
+    if (tc->ciphersuites != NULL) {
+        if (SSL_CTX_set_ciphersuites(ctx, tc->ciphersuites) != 1) {
             kou_conf_error(tc->ciphersuites_node, err, errlen,
                            "tls: ciphersuites: \"%s\": %s", tc->ciphersuites,
                            kou_tls_reason(why, sizeof(why)));
+            goto failed;
         }
-        goto failed;
+        if (kou_tls_check_suites(ctx, tc, err, errlen) != KOU_OK) {
+            goto failed;
+        }
     }
     if (tc->groups != NULL && SSL_CTX_set1_groups_list(ctx, tc->groups) != 1)
     {

@@ -478,6 +478,24 @@ typedef struct kou_host_s {
      * is usually better. KOU_OK.
      */
     int (*abort)(kou_request_t *r);
+    /**
+     * Switch the connection to another protocol (RFC 9110 section 7.8)
+     * for a request that asked for it ("Connection: upgrade" and an
+     * Upgrade field, HTTP/1.1, no body). Sends "101 Switching Protocols"
+     * with Connection: upgrade and `headers` (which should hold the
+     * Upgrade field chosen), then the connection carries raw bytes both
+     * ways: the client's to on_data (in pieces, as they arrive; it
+     * replaces any body callback, and read_body_pause holds them back),
+     * the module's with write() (its done callback gives back-pressure).
+     * finish() ends the tunnel: queued bytes are sent, then the connection
+     * closes; abort() drops it. The client closing ends the request as
+     * aborted (cleanups run). Response hooks do not run for the 101. The
+     * body timeout applies to the client side while the tunnel is idle.
+     * KOU_OK, or KOU_ERROR (nothing sent) when the request did not ask
+     * to upgrade, has a body, or the response has started.
+     */
+    int (*upgrade)(kou_request_t *r, const kou_header_t *headers,
+                   size_t nheaders, kou_body_pt on_data, void *arg);
 } kou_host_t;
 
 /**

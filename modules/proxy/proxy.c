@@ -60,6 +60,7 @@
 #define KOU_PROXY_FREE_BUFS   32
 #define KOU_PROXY_STALE_MAX   8            /* replays after stale conns */
 #define KOU_PROXY_HASH_TRIES  20
+#define KOU_PROXY_PEEK_AFTER  1000         /* ms idle before a MSG_PEEK */
 
 #define kou_proxy_min(a, b) ((a) < (b) ? (a) : (b))
 
@@ -106,6 +107,7 @@ struct kou_proxy_uconn_s {
     kou_htimer_t      *idle_timer;
     int                fd;
     uint64_t           requests;    /* requests sent on it */
+    uint64_t           idle_since;  /* ms, when it went to the pool */
 };
 
 struct kou_proxy_peer_s {
@@ -152,6 +154,7 @@ struct kou_proxy_route_s {
     int                 preserve_host;
     int                 buffering;
     uint64_t            buffer_size;
+    int                 upgrade;
     kou_header_t       *set_headers;
     size_t              nset;
     kou_str_t          *remove_headers;
@@ -223,6 +226,8 @@ struct kou_proxy_ctx_s {
     unsigned            waiting:1;       /* for write()'s done callback */
     unsigned            finished:1;      /* answered or given up */
     unsigned            dead:1;          /* the request has ended */
+    unsigned            upgrade_req:1;   /* asked the upstream to upgrade */
+    unsigned            tunnel:1;        /* switched protocols */
 };
 
 static const kou_host_t *kou_proxy_host;
@@ -234,6 +239,8 @@ static void kou_proxy_io(kou_io_t *io, int fd, unsigned events, void *arg);
 static void kou_proxy_next(kou_proxy_ctx_t *ctx);
 static void kou_proxy_read(kou_proxy_ctx_t *ctx);
 static void kou_proxy_timer_set(kou_proxy_ctx_t *ctx);
+static void kou_proxy_body(kou_request_t *r, kou_str_t data, int last,
+                           void *arg);
 
 static const kou_header_t kou_proxy_text[] = {
     { KOU_STR_INIT("Content-Type"), KOU_STR_INIT("text/plain") }
@@ -503,6 +510,7 @@ kou_proxy_pool_put(kou_proxy_uconn_t *uc)
         kou_proxy_uconn_close(uc);
         return;
     }
+    uc->idle_since = kou_proxy_host->now_ms();
     uc->prev = NULL;
     uc->next = peer->idle;
     if (peer->idle != NULL) {
@@ -514,14 +522,28 @@ kou_proxy_pool_put(kou_proxy_uconn_t *uc)
     peer->nidle++;
 }
 
+/*
+ * The most recently used idle connection. A close the upstream sent while
+ * the connection sat in the pool is normally seen by the event watch
+ * (kou_proxy_idle_event) before the connection is wanted again. It can
+ * arrive in the same batch of events as the request that wants it, though,
+ * which is likely only when the connection was idle long enough for the
+ * upstream's keep-alive timeout to run out: then one MSG_PEEK checks.
+ * A connection that was busy a moment ago is taken without that system
+ * call; if it turns out closed all the same, the request is replayed on a
+ * fresh one when that is safe (KOU_PF_STALE).
+ */
 static kou_proxy_uconn_t *
 kou_proxy_pool_get(kou_proxy_peer_t *peer)
 {
     kou_proxy_uconn_t *uc;
+    uint64_t           now = kou_proxy_host->now_ms();
 
     while ((uc = peer->idle) != NULL) {
         kou_proxy_pool_unlink(uc);
-        if (kou_proxy_uconn_alive(uc)) {
+        if (now - uc->idle_since < KOU_PROXY_PEEK_AFTER
+            || kou_proxy_uconn_alive(uc))
+        {
             return uc;
         }
         kou_proxy_uconn_close(uc);
@@ -806,10 +828,11 @@ kou_proxy_build_head(kou_proxy_ctx_t *ctx, kou_proxy_peer_t *peer)
         return KOU_ERROR;
     }
     size = ctx->method.n + target.n + 64 + strlen(peer->name) + addr.n
-           + 160;
+           + 200;
     for (size_t i = 0; i < nh; i++) {
         (void) host->header_at(r, i, &hs[i]);
-        size += hs[i].name.n + hs[i].value.n + 4;
+        /* twice: an Upgrade value may be written again as ours */
+        size += 2 * (hs[i].name.n + hs[i].value.n + 4);
     }
     for (size_t i = 0; i < pr->nset; i++) {
         size += pr->set_headers[i].name.n + pr->set_headers[i].value.n + 4;
@@ -912,7 +935,19 @@ kou_proxy_build_head(kou_proxy_ctx_t *ctx, kou_proxy_peer_t *peer)
         p = kou_proxy_put(p, num, (size_t) n);
         p = kou_proxy_put_lit(p, "\r\n");
     }
-    if (pr->keepalive == 0) {
+    if (ctx->upgrade_req) {
+        /* the one hop-by-hop request this proxy passes on, by choice */
+        p = kou_proxy_put_lit(p, "Connection: upgrade\r\nUpgrade: ");
+        for (size_t i = 0, k = 0; i < nh; i++) {
+            if (kou_proxy_eq(hs[i].name, "upgrade")) {
+                if (k++ > 0) {
+                    p = kou_proxy_put_lit(p, ", ");
+                }
+                p = kou_proxy_put(p, hs[i].value.p, hs[i].value.n);
+            }
+        }
+        p = kou_proxy_put_lit(p, "\r\n");
+    } else if (pr->keepalive == 0) {
         p = kou_proxy_put_lit(p, "Connection: close\r\n");
     }
     p = kou_proxy_put_lit(p, "\r\n");
@@ -1014,20 +1049,27 @@ kou_proxy_fail(kou_proxy_ctx_t *ctx, int kind, const char *why, int err)
     int               timeout = kind == KOU_PF_CONNECT_TIMEOUT
                                 || kind == KOU_PF_SEND_TIMEOUT
                                 || kind == KOU_PF_READ_TIMEOUT;
+    int               retry;
 
+    kou_proxy_detach(ctx, 0);
+    kou_proxy_timer_stop(ctx);
+    retry = kou_proxy_can_retry(ctx, kind);
     if (kind != KOU_PF_STALE) {
         host->log(KOU_LOG_ERR, "proxy: upstream %s (%s): %s%s%s", peer->name,
                   peer->text, why, err ? ": " : "", err ? strerror(err) : "");
         kou_proxy_peer_failed(peer);
+    } else if (!retry) {
+        /* an idle close is no fault of the upstream's: no health penalty */
+        host->log(KOU_LOG_ERR, "proxy: upstream %s (%s): closed a kept-alive "
+                  "connection as it was reused, and the request cannot be "
+                  "sent again", peer->name, peer->text);
     }
-    kou_proxy_detach(ctx, 0);
-    kou_proxy_timer_stop(ctx);
     if (ctx->head_done) {
         ctx->finished = 1;
         (void) host->abort(ctx->r);
         return;
     }
-    if (kou_proxy_can_retry(ctx, kind)) {
+    if (retry) {
         if (kind == KOU_PF_STALE) {
             /* the same peer may serve it on a fresh connection */
             ctx->stale++;
@@ -1447,7 +1489,10 @@ kou_proxy_complete(kou_proxy_ctx_t *ctx)
     const kou_response_head_t *rh = &ctx->rh;
     int                keep;
 
-    keep = pr->keepalive > 0 && !ctx->dirty && kou_proxy_req_sent(ctx)
+    /* a FIN already reported with the response would not be reported
+     * again while the connection sits in the pool */
+    keep = pr->keepalive > 0 && !ctx->dirty && !ctx->rdhup
+           && kou_proxy_req_sent(ctx)
            && rh->body != KOU_BODY_CLOSE && !(rh->flags & KOU_RESP_CLOSE)
            && (rh->version == 11 || (rh->flags & KOU_RESP_KEEP_ALIVE))
            && uc != NULL && (int64_t) uc->requests < pr->keepalive_requests;
@@ -1463,17 +1508,17 @@ kou_proxy_complete(kou_proxy_ctx_t *ctx)
  * The response fields for the client: everything end-to-end, without the
  * hop-by-hop fields, the framing (the server frames the message itself),
  * and Server and Date (the server writes its own), and with this hop
- * added to Via.
+ * added to Via. A 101 that opens a tunnel keeps its Upgrade fields.
  */
 static int
-kou_proxy_start(kou_proxy_ctx_t *ctx)
+kou_proxy_resp_fields(kou_proxy_ctx_t *ctx, int tunnel, kou_header_t **hs,
+                      size_t *nhs)
 {
     const kou_host_t          *host = kou_proxy_host;
     const kou_response_head_t *rh = &ctx->rh;
     kou_str_t                  tokens[KOU_PROXY_CONN_TOKENS];
     kou_header_t              *out;
     size_t                     ntok, n = 0, vlen = 0;
-    int64_t                    length = -1;
     char                      *via, *v;
 
     ntok = kou_proxy_conn_tokens(ctx->fields, rh->nheaders, tokens,
@@ -1487,6 +1532,10 @@ kou_proxy_start(kou_proxy_ctx_t *ctx)
 
         if (kou_proxy_eq(name, "via")) {
             vlen += ctx->fields[i].value.n + 2;
+            continue;
+        }
+        if (tunnel && kou_proxy_eq(name, "upgrade")) {
+            out[n++] = ctx->fields[i];
             continue;
         }
         if (kou_proxy_hop_by_hop(name) || kou_proxy_in(name, tokens, ntok)
@@ -1516,13 +1565,28 @@ kou_proxy_start(kou_proxy_ctx_t *ctx)
     out[n].value.p = via;
     out[n].value.n = (size_t) (v - via);
     n++;
+    *hs = out;
+    *nhs = n;
+    return KOU_OK;
+}
 
+static int
+kou_proxy_start(kou_proxy_ctx_t *ctx)
+{
+    const kou_response_head_t *rh = &ctx->rh;
+    kou_header_t              *hs;
+    size_t                     n;
+    int64_t                    length = -1;
+
+    if (kou_proxy_resp_fields(ctx, 0, &hs, &n) != KOU_OK) {
+        return KOU_ERROR;
+    }
     if (rh->body == KOU_BODY_LENGTH
         || (rh->body == KOU_BODY_NONE && rh->content_length >= 0))
     {
         length = rh->content_length;
     }
-    return host->start(ctx->r, rh->status, out, n, length);
+    return kou_proxy_host->start(ctx->r, rh->status, hs, n, length);
 }
 
 /* Hand body bytes to the client in pieces the server keeps in its pool. */
@@ -1571,6 +1635,53 @@ kou_proxy_client_gone(kou_proxy_ctx_t *ctx)
 }
 
 /*
+ * The upstream switched protocols: so does the client connection, and
+ * from here bytes are relayed as they are, both ways, until either side
+ * closes. Returns as kou_proxy_head does.
+ */
+static int
+kou_proxy_tunnel(kou_proxy_ctx_t *ctx)
+{
+    const kou_host_t *host = kou_proxy_host;
+    kou_header_t     *hs;
+    size_t            n;
+    kou_str_t         v;
+    size_t            at = 0;
+    int               asked = 0;
+
+    /* only an upgrade this proxy asked for, to a protocol it named */
+    for (size_t i = 0; i < ctx->rh.nheaders; i++) {
+        if (kou_proxy_eq(ctx->fields[i].name, "upgrade")
+            && kou_proxy_list_next(ctx->fields[i].value, &at, &v))
+        {
+            asked = 1;
+        }
+    }
+    if (!ctx->upgrade_req || !asked) {
+        kou_proxy_fail(ctx, KOU_PF_INVALID, "101 Switching Protocols to a "
+                       "request that did not ask to upgrade", 0);
+        return 0;
+    }
+    if (kou_proxy_resp_fields(ctx, 1, &hs, &n) != KOU_OK
+        || host->upgrade(ctx->r, hs, n, kou_proxy_body, ctx) != KOU_OK)
+    {
+        kou_proxy_fail(ctx, KOU_PF_INVALID, "cannot switch the client "
+                       "connection", 0);
+        return 0;
+    }
+    ctx->peer->fails = 0;
+    ctx->head_done = 1;
+    ctx->tunnel = 1;
+    ctx->in_start += ctx->rh.head_len;
+    ctx->rh.body = KOU_BODY_CLOSE;
+    /* the client's side starts over as a stream without an end */
+    ctx->body_last = 0;
+    ctx->req_chunked = 0;
+    ctx->paused = 0;
+    return 1;
+}
+
+/*
  * Parse the head when a line end has arrived. Returns 1 when the caller
  * may go on (head done, or need more), 0 when the request is settled.
  */
@@ -1605,10 +1716,7 @@ kou_proxy_head(kou_proxy_ctx_t *ctx)
             return 0;
         }
         if (ctx->rh.status == 101) {
-            kou_proxy_fail(ctx, KOU_PF_INVALID,
-                           "101 Switching Protocols to a request that did "
-                           "not ask to upgrade", 0);
-            return 0;
+            return kou_proxy_tunnel(ctx);
         }
         if (ctx->rh.status >= 200) {
             break;
@@ -1927,6 +2035,35 @@ kou_proxy_idempotent(kou_str_t m)
     return 0;
 }
 
+/*
+ * An upgrade request (RFC 9110 section 7.8): HTTP/1.1, Connection naming
+ * "upgrade", an Upgrade field, and no body.
+ */
+static int
+kou_proxy_wants_upgrade(kou_request_t *r)
+{
+    const kou_host_t *host = kou_proxy_host;
+    kou_str_t         v, el;
+    int               conn = 0;
+
+    if (host->version(r) != 11 || host->content_length(r) != 0
+        || host->header(r, KOU_STR("Upgrade"), 0, &v) != KOU_OK)
+    {
+        return 0;
+    }
+    for (size_t i = 0; host->header(r, KOU_STR("Connection"), i, &v)
+                       == KOU_OK;
+         i++)
+    {
+        size_t at = 0;
+
+        while (kou_proxy_list_next(v, &at, &el)) {
+            conn |= kou_proxy_eq(el, "upgrade");
+        }
+    }
+    return conn;
+}
+
 static int
 kou_proxy_content(kou_request_t *r, void *state, void *route_state)
 {
@@ -1950,6 +2087,7 @@ kou_proxy_content(kou_request_t *r, void *state, void *route_state)
     ctx->req_chunked = host->content_length(r) < 0;
     ctx->req_cl = host->header(r, KOU_STR("Content-Length"), 0, &v)
                   == KOU_OK;
+    ctx->upgrade_req = pr->upgrade && kou_proxy_wants_upgrade(r);
     ctx->tried = host->palloc(r, pr->npeers);
     ctx->fields = host->palloc(r, KOU_PROXY_MAX_FIELDS
                                       * sizeof(kou_header_t));
@@ -2014,6 +2152,8 @@ static const kou_conf_key_t kou_proxy_conf[] = {
       "read ahead of a slow client, up to buffer_size" },
     { "buffer_size", KOU_CONF_SIZE, KOU_SCOPE_ROUTE, 0, "1m",
       "how far ahead of the client buffering reads" },
+    { "upgrade", KOU_CONF_BOOL, KOU_SCOPE_ROUTE, 0, "false",
+      "tunnel Upgrade requests (WebSocket) once the upstream says 101" },
     { NULL, 0, 0, 0, NULL, NULL }
 };
 
@@ -2422,7 +2562,9 @@ kou_proxy_configure_route(void *state, const kou_conf_t *route,
         || host->conf_bool(host->conf_get(route, "buffering"),
                            &pr->buffering) != KOU_OK
         || host->conf_size(host->conf_get(route, "buffer_size"),
-                           &pr->buffer_size) != KOU_OK)
+                           &pr->buffer_size) != KOU_OK
+        || host->conf_bool(host->conf_get(route, "upgrade"), &pr->upgrade)
+               != KOU_OK)
     {
         host->conf_error(route, err, errlen, "proxy: cannot read the route's "
                          "settings");

@@ -8,12 +8,13 @@
  * flush against a PROT_NONE page, so an over-read crashes (and once starts
  * right after one, so that reading before the buffer crashes too), and
  * sits at a new address on every call, so a parser that kept pointers
- * across calls fails. The three ways must agree on the status and on every slice,
- * compared by offset, and every tier must give what the scalar tier gives.
- * The cases are a table, the same shapes at every length from 1 to 200
- * bytes (so that every vector boundary falls everywhere), and mutations of
- * valid requests from a seeded generator (KOU_TEST_SEED overrides the
- * seed, which is printed).
+ * across calls fails. The three ways must agree on the status and on every
+ * slice, compared by offset, and every tier must give what the scalar tier
+ * gives. The cases are a table, the same shapes at every length from 1 to
+ * 200 bytes (so that every vector boundary falls everywhere), and
+ * mutations of valid requests from a seeded generator (KOU_TEST_SEED
+ * overrides the seed, which is printed). The kernels are also compared
+ * with the scalar ones directly, on random bytes.
  */
 
 #include <check.h>
@@ -574,6 +575,23 @@ static const hcase_t hcases[] = {
     { IN("GET / HTTP/1.0\r\nHost: [v.a]\r\n\r\n"), .rc = 400 },
     { IN("GET / HTTP/1.0\r\nHost: [fe80::1%25eth0]\r\n\r\n"), .rc = 400 },
     { IN("GET / HTTP/1.0\r\nHost: []\r\n\r\n"), .rc = 400 },
+    /* IPv4: a plain dotted quad or nothing that looks like a number */
+    { IN("GET / HTTP/1.0\r\nHost: 255.255.255.255\r\n\r\n"), GET_ROOT10(1),
+      .host = "255.255.255.255" },
+    { IN("GET / HTTP/1.0\r\nHost: 0.0.0.0:0\r\n\r\n"), GET_ROOT10(1),
+      .host = "0.0.0.0", .port = "0" },
+    { IN("GET / HTTP/1.0\r\nHost: 10.0.0.1x\r\n\r\n"), GET_ROOT10(1),
+      .host = "10.0.0.1x" },
+    { IN("GET / HTTP/1.0\r\nHost: 1.2.3\r\n\r\n"), .rc = 400 },
+    { IN("GET / HTTP/1.0\r\nHost: 1.2.3.4.5\r\n\r\n"), .rc = 400 },
+    { IN("GET / HTTP/1.0\r\nHost: 00.1.2.3\r\n\r\n"), .rc = 400 },
+    { IN("GET / HTTP/1.0\r\nHost: 1.2.3.04\r\n\r\n"), .rc = 400 },
+    { IN("GET / HTTP/1.0\r\nHost: 300.1.1.1\r\n\r\n"), .rc = 400 },
+    { IN("GET / HTTP/1.0\r\nHost: 1.1.1.1000\r\n\r\n"), .rc = 400 },
+    { IN("GET / HTTP/1.0\r\nHost: 4294967553.1.1.1\r\n\r\n"), .rc = 400 },
+    { IN("GET / HTTP/1.0\r\nHost: 1..1.1\r\n\r\n"), .rc = 400 },
+    { IN("GET / HTTP/1.0\r\nHost: .1.1.1\r\n\r\n"), .rc = 400 },
+    { IN("GET / HTTP/1.0\r\nHost: 1.2.3.4:8x\r\n\r\n"), .rc = 400 },
 
     /* ---- Content-Length (RFC 9110 §8.6, RFC 9112 §6.3) ---- */
     { IN(PQ "Content-Length: 5\r\n\r\nhello"), POST_ROOT(2), .f = F_CL,
@@ -1614,6 +1632,76 @@ START_TEST(test_request_random)
 }
 END_TEST
 
+/* ---- the kernels themselves, every tier against the scalar ones ---- */
+
+#define KERN_ROUNDS 40000
+
+/*
+ * Random bytes around every class boundary, scanned from random starts to
+ * random ends, the end flush against a guard page and, the other time,
+ * the buffer's start right after one. A kernel that differs from the
+ * scalar one anywhere, its SPs included, fails here even when the parser
+ * would have reached the same status anyway.
+ */
+START_TEST(test_kernels)
+{
+    static const char alpha[] = " \r\n\t\0\x01\x1f\x7f\x80\xff:/?%#\"()@"
+                                "aZ09-._~!$&'*+,;=|^`{}[]\\<>";
+    const kou_http_kernels_t *ref = &kou_http_kernels_scalar, *k;
+    u_char                    in[256];
+    const u_char             *b;
+    kou_http_line_t           lr, lk;
+    size_t                    n, i, e, v, set, sr[2], sk[2], r, q;
+    int                       round, front;
+
+    kou_http_kernels_prepare();
+    rnd_state = rnd_seed ^ 0x4b45524eull;
+    for (round = 0; round < KERN_ROUNDS; round++) {
+        n = rnd_below(sizeof(in) + 1);
+        for (i = 0; i < n; i++) {
+            in[i] = rnd() % 4 ? (u_char) alpha[rnd_below(sizeof(alpha) - 1)]
+                              : (u_char) rnd();
+        }
+        e = rnd_below(n + 1);
+        i = rnd_below(e + 1);
+        front = round & 1;
+        /* only buf[0..e) may be read: the rest is not even there */
+        b = front ? flush_front(in, e) : flush(in, e);
+        for (v = 1; v < nvariants; v++) {
+            use_variant(v);
+            k = kou_http_kernels;
+
+            r = ref->request_line(b, i, e, sr);
+            q = k->request_line(b, i, e, sk);
+            CHECK(r == q && sr[0] == sk[0] && sr[1] == sk[1],
+                  "%s request_line [%zu,%zu) of %s: %zu %zu %zu, scalar "
+                  "%zu %zu %zu", variants[v].name, i, e, show((char *) in, e),
+                  q, sk[0], sk[1], r, sr[0], sr[1]);
+
+            r = ref->field_line(b, i, e);
+            q = k->field_line(b, i, e);
+            CHECK(r == q, "%s field_line [%zu,%zu) of %s: %zu, scalar %zu",
+                  variants[v].name, i, e, show((char *) in, e), q, r);
+
+            lr = ref->field_start(b, i, e);
+            lk = k->field_start(b, i, e);
+            CHECK(lr.end == lk.end && lr.name == lk.name,
+                  "%s field_start [%zu,%zu) of %s: %zu %zu, scalar %zu %zu",
+                  variants[v].name, i, e, show((char *) in, e), lk.end,
+                  lk.name, lr.end, lr.name);
+
+            for (set = 0; set < KOU_HTTP_SET_FL_BAD; set++) {
+                r = ref->span(b, i, e, (unsigned) set);
+                q = k->span(b, i, e, (unsigned) set);
+                CHECK(r == q, "%s span %zu [%zu,%zu) of %s: %zu, scalar %zu",
+                      variants[v].name, set, i, e, show((char *) in, e), q,
+                      r);
+            }
+        }
+    }
+}
+END_TEST
+
 /* ---- tiers: choice and names ---- */
 
 START_TEST(test_tiers)
@@ -2209,6 +2297,7 @@ http_parse_suite(void)
     tcase_add_test(tc, test_method_names);
     tcase_add_loop_test(tc, test_request_lengths, 0, LEN_KINDS);
     tcase_add_loop_test(tc, test_request_random, 0, RND_GROUPS);
+    tcase_add_test(tc, test_kernels);
     tcase_add_test(tc, test_tiers);
     suite_add_tcase(s, tc);
 
