@@ -413,6 +413,8 @@ main(int argc, char **argv)
         kou_bp_measure(&cases[i], runs, seconds, &res[i]);
     }
 
+    printf("median of %u runs of %.2f s of CPU time per request and "
+           "parser%s\n", runs, seconds, md ? "\n" : "");
     if (md) {
         printf("| request | head bytes | parser | ns/request | min–max "
                "| GB/s | time ×pico |\n"

@@ -41,6 +41,7 @@ static void kou_conn_timer_handler(kou_timer_t *t);
 static void kou_conn_post_handler(kou_post_t *p);
 static void kou_conn_finish_run(kou_conn_t *c);
 static void kou_conn_ev_closed(kou_ev_t *ev, uint32_t events);
+static bool kou_conn_peer_gone(kou_conn_t *c);
 static void kou_conn_free_post(kou_post_t *p);
 static void kou_conn_handshake(kou_conn_t *c);
 
@@ -495,9 +496,10 @@ kou_conn_read(kou_conn_t *c)
                 /*
                  * A short read drained the socket: edge-triggered epoll
                  * reports the next arrival, so skip the read that would
-                 * only say EAGAIN.
+                 * only say EAGAIN. Unless the peer's FIN was reported: then
+                 * the next read is the one that says so.
                  */
-                c->readable = 0;
+                c->readable = c->rdhup;
                 break;
             }
             continue;
@@ -591,7 +593,8 @@ kou_conn_update_timer(kou_conn_t *c)
         break;
     case KOU_CONN_ACTIVE:
         if (c->r != NULL && !c->r->body_done
-            && (c->r->body_cb != NULL || c->r->resp_done))
+            && (c->r->body_cb != NULL || c->r->resp_done)
+            && (!c->r->body_paused || c->r->resp_done))
         {
             /* body_timeout is the longest pause between two reads */
             if (c->timer_kind != KOU_TIMER_BODY || c->r->body_progress) {
@@ -683,9 +686,29 @@ kou_conn_run(kou_conn_t *c)
                     c->error = 1;
                     break;
                 }
-                if (c->readable && kou_conn_read(c) > 0) {
-                    continue;
+                if (c->readable) {
+                    ssize_t n = kou_conn_read(c);
+                    if (n > 0 || c->eof) {
+                        continue;
+                    }
+                    if (n < 0) {
+                        c->error = 1;
+                        break;
+                    }
                 }
+            }
+            if (c->rdhup && !r->head_sent && r->body_done
+                && kou_conn_peer_gone(c))
+            {
+                /*
+                 * The client left while its handler works (a slow
+                 * backend): abort, so the handler's cleanups cancel the
+                 * work instead of finishing it for nobody.
+                 */
+                kou_log_info("client %s: closed the connection before the "
+                             "response", c->addr_text);
+                c->error = 1;
+                break;
             }
             break;  /* waiting for the handler or for input */
         }
@@ -798,6 +821,22 @@ kou_conn_finish_run(kou_conn_t *c)
     kou_conn_update_timer(c);
 }
 
+/*
+ * Has the peer closed its side with nothing left to read? One MSG_PEEK,
+ * used only after EPOLLRDHUP while a request waits for its handler. A TLS
+ * peer's close_notify is data, so TLS connections answer "no".
+ */
+static bool
+kou_conn_peer_gone(kou_conn_t *c)
+{
+    char b;
+
+    if (c->tls != NULL || c->in_start != c->in_end) {
+        return false;
+    }
+    return recv(c->ev.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 static void
 kou_conn_ev_handler(kou_ev_t *ev, uint32_t events)
 {
@@ -806,6 +845,9 @@ kou_conn_ev_handler(kou_ev_t *ev, uint32_t events)
     if (c->state == KOU_CONN_LINGER) {
         kou_conn_linger_read(c);
         return;
+    }
+    if (events & (EPOLLRDHUP | EPOLLHUP)) {
+        c->rdhup = 1;
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
         c->readable = 1;

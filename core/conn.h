@@ -103,6 +103,7 @@ struct kou_conn_s {
     unsigned        draining:1;    /* worker is stopping: last response */
     unsigned        error:1;       /* socket error; drop output */
     unsigned        linger:1;      /* lingering close after the output */
+    unsigned        rdhup:1;       /* the peer's FIN was reported */
     unsigned        sock_readable:1;  /* the socket itself may have bytes
                                          (TLS: readable also counts the
                                          ciphertext already read) */

@@ -817,8 +817,7 @@ kou_proxy_build_head(kou_proxy_ctx_t *ctx, kou_proxy_peer_t *peer)
     kou_str_t          tokens[KOU_PROXY_CONN_TOKENS];
     kou_header_t      *hs;
     kou_str_t          client_host = { "", 0 }, host_value, target_raw;
-    size_t             nh = host->header_count(r), ntok, size, nxff = 0,
-                       nvia = 0;
+    size_t             nh = host->header_count(r), ntok, size;
     int64_t            cl = host->content_length(r);
     char              *p, *start, num[24];
     int                ver = host->version(r);
@@ -894,7 +893,6 @@ kou_proxy_build_head(kou_proxy_ctx_t *ctx, kou_proxy_peer_t *peer)
         {
             p = kou_proxy_put(p, hs[i].value.p, hs[i].value.n);
             p = kou_proxy_put_lit(p, ", ");
-            nxff++;
         }
     }
     p = kou_proxy_put(p, addr.p, addr.n);
@@ -912,13 +910,10 @@ kou_proxy_build_head(kou_proxy_ctx_t *ctx, kou_proxy_peer_t *peer)
         if (kou_proxy_eq(hs[i].name, "via") && hs[i].value.n > 0) {
             p = kou_proxy_put(p, hs[i].value.p, hs[i].value.n);
             p = kou_proxy_put_lit(p, ", ");
-            nvia++;
         }
     }
     p = ver == 10 ? kou_proxy_put_lit(p, "1.0 kourier\r\n")
                   : kou_proxy_put_lit(p, "1.1 kourier\r\n");
-    (void) nxff;
-    (void) nvia;
 
     for (size_t i = 0; i < pr->nset; i++) {
         if (pr->set_headers[i].value.n > 0) {

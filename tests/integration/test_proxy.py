@@ -651,13 +651,23 @@ class TestStreaming(kt.ServerTestCase):
                                       req.header("Transfer-Encoding"))
             conn.respond(200, b"stored %d" % total)
 
+        cls.finished = []
+
+        def buffered(req, conn):
+            download(req, conn)
+            cls.finished.append(req.target)
+
+        cls.router.add("/buffered/%d" % (24 * MB), buffered)
         cls.router.add("/download/%d" % BIG, download)
         cls.router.add("/download/chunked/%d" % (8 * MB), download)
         cls.router.add("/upload", upload)
         cls.router.add("/upload/chunked", upload)
         cls.up = up.Upstream(cls.router, name="stream")
-        cls.server = start([{"prefix": "/", "upstreams": [cls.up.address],
-                             "max_body": "200m"}])
+        cls.server = start([
+            {"prefix": "/buffered", "upstreams": [cls.up.address],
+             "buffering": True, "buffer_size": "32m"},
+            {"prefix": "/", "upstreams": [cls.up.address],
+             "max_body": "200m"}])
         cls.worker = cls.server.ready_pids()[0]
 
     @classmethod
@@ -686,6 +696,22 @@ class TestStreaming(kt.ServerTestCase):
             self.assertEqual(status, 200)
             self.assertEqual(hdrs["content-length"], str(BIG))
             self.assertEqual(c.body_length(BIG), pattern_sha(BIG))
+        finally:
+            c.close()
+
+    def test_buffering_reads_ahead(self):
+        # buffering: the upstream is read to the end (up to buffer_size)
+        # while the client takes nothing, so it is free at once
+        n = 24 * MB
+        c = RawClient(self.server.port)
+        try:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            c.sock.sendall(kt.request_bytes("GET", "/buffered/%d" % n))
+            self.up.wait(lambda: self.finished, "the upstream to finish "
+                         "while the client reads nothing")
+            status, hdrs = c.head()
+            self.assertEqual(status, 200)
+            self.assertEqual(c.body_length(n), pattern_sha(n))
         finally:
             c.close()
 
@@ -884,6 +910,44 @@ class TestFailures(kt.ServerTestCase):
         with s.cond:
             return sum(1 for l in s.lines[since:] if text in l)
 
+    def test_pooled_connection_closed_when_reused(self):
+        # the upstream closes a kept-alive connection just as the next
+        # request arrives on it (the race no idle check can see)
+        def second_kills(req, conn):
+            n = getattr(conn, "served", 0)
+            conn.served = n + 1
+            if n == 1:
+                return "close"
+            return up.echo_handler(req, conn)
+        a = self.upstream(second_kills, "racy")
+        s = self.serve([{"prefix": "/", "upstreams": [a.address]}])
+        mark = s.log_mark()
+        with s.client() as c:
+            self.assertStatus(c.request("GET", "/one"), 200)
+            # replayed on a fresh connection, no error, no health penalty
+            r = c.request("GET", "/two")
+            self.assertStatus(r, 200)
+            self.assertEqual(echo_json(r)["target"], "/two")
+            self.assertStatus(c.request("GET", "/three"), 200)
+            # a POST whose body went up cannot be replayed: 502
+            r = c.request("POST", "/four", body=b"body")
+            self.assertStatus(r, 502)
+        # every connection dies on its second request
+        seen = [(q.target, q.conn_index) for q in a.requests]
+        self.assertEqual([t for t, _ in seen], ["/one", "/two", "/two",
+                                                "/three", "/three", "/four"])
+        self.assertEqual(seen[0][1], seen[1][1])
+        self.assertNotEqual(seen[1][1], seen[2][1])
+        self.assertEqual(seen[4][1], seen[5][1])
+        # the replays logged nothing, and the upstream is not blamed for
+        # closing an idle connection: the only line is the POST's
+        s.wait_log("cannot be sent again", since=mark)
+        with s.cond:
+            lines = [l for l in s.lines[mark:] if "proxy:" in l]
+        self.assertEqual(len(lines), 1, lines)
+        with s.client() as c:
+            self.assertStatus(c.request("GET", "/five"), 200)
+
     def test_connect_refused_fails_over(self):
         dead = up.closed_port()
         b = self.upstream()
@@ -895,9 +959,10 @@ class TestFailures(kt.ServerTestCase):
                 r = c.request("POST", "/", body=b"abc")
             self.assertStatus(r, 200)
             self.assertEqual(echo_json(r)["body"], "abc")
-        # max_fails 1: one failure took it out for fail_timeout
-        self.assertEqual(self.count_log(s, "127.0.0.1:%d" % dead), 2)
+        # max_fails 1: one failure took it out for fail_timeout, so it was
+        # tried once (one "cannot connect", one "is down")
         s.wait_log("is down for 30000 ms")
+        self.assertEqual(self.count_log(s, "127.0.0.1:%d" % dead), 2)
 
     def test_dying_upstream_passive_health(self):
         def dying(req, conn):
@@ -943,6 +1008,10 @@ class TestFailures(kt.ServerTestCase):
             {"address": "127.0.0.1:%d" % p2, "fail_timeout": "60s"}]}])
         with s.client() as c:
             self.assertStatus(c.request("GET", "/"), 502)
+        # both tried and taken out (the log is read by another thread:
+        # wait for its lines before marking the place)
+        kt.wait_until(lambda: self.count_log(s, "is down for 60000") == 2,
+                      what="both upstreams marked down")
         mark = s.log_mark()
         t0 = time.monotonic()
         with s.client() as c:
@@ -1085,6 +1154,111 @@ class TestAbort(kt.ServerTestCase):
         c.close()
         self.up.wait(lambda: outcome, "the upstream to see the end")
         self.assertEqual(outcome, ["closed"])
+
+
+class TestUpgrade(kt.ServerTestCase):
+    """Connection: upgrade (WebSocket) tunnelled both ways after a 101, on
+    routes that allow it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.ended = []
+
+        def ws(req, conn):
+            if req.header("Upgrade") is None:
+                return up.echo_handler(req, conn)
+            # the 101 and the first bytes of the new protocol together
+            conn.send(b"HTTP/1.1 101 Switching Protocols\r\n"
+                      b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Accept: abc=\r\n\r\nwelcome\n")
+            try:
+                while True:
+                    if not conn.buf:
+                        conn._fill()
+                    data, conn.buf = conn.buf, b""
+                    if data == b"bye\n":
+                        conn.send(b"closing\n")
+                        cls.ended.append("upstream closed")
+                        return "close"
+                    conn.send(data.upper())
+            except (up.Closed, OSError):
+                cls.ended.append("client closed")
+                return "close"
+
+        cls.up = up.Upstream(ws, name="ws")
+        cls.server = start([
+            {"prefix": "/ws", "upgrade": True,
+             "upstreams": [cls.up.address]},
+            {"prefix": "/", "upstreams": [cls.up.address]}])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        cls.up.stop()
+
+    def tearDown(self):
+        self.check_server_log(self.server)
+        self.assertEqual(self.up.errors, [])
+
+    def open_tunnel(self, c):
+        c.send(kt.request_bytes("GET", "/ws/chat", headers=[
+            ("Connection", "keep-alive, Upgrade"), ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]))
+        r = c.read_response()
+        self.assertStatus(r, 101)
+        self.assertEqual(r.tokens("Connection"), ["upgrade"])
+        self.assertEqual(r.header("Upgrade"), "websocket")
+        self.assertEqual(r.header("Sec-WebSocket-Accept"), "abc=")
+        req = self.up.requests[-1]
+        self.assertEqual(req.header("Upgrade"), "websocket")
+        self.assertIn("upgrade", req.header("Connection").lower())
+        self.assertEqual(req.header("Sec-WebSocket-Key"),
+                         "dGhlIHNhbXBsZSBub25jZQ==")
+
+    def read_exact(self, c, n):
+        return c._read_exact(n, time.monotonic() + kt.DEADLINE, "tunnel")
+
+    def test_tunnel_both_ways(self):
+        with self.server.client() as c:
+            self.open_tunnel(c)
+            self.assertEqual(self.read_exact(c, 8), b"welcome\n")
+            c.send(b"hello")
+            self.assertEqual(self.read_exact(c, 5), b"HELLO")
+            big = b"abcdefgh" * (256 * 1024)          # 2 MiB each way
+            t = threading.Thread(target=c.send, args=(big,), daemon=True)
+            t.start()
+            got = self.read_exact(c, len(big))
+            t.join(kt.DEADLINE)
+            self.assertEqual(got, big.upper())
+            # the upstream ends the tunnel: the client sees its last bytes,
+            # then the close
+            c.send(b"bye\n")
+            self.assertEqual(self.read_exact(c, 8), b"closing\n")
+            self.assertEqual(c.read_until_close(), b"")
+        self.assertIn("upstream closed", self.ended)
+
+    def test_client_closes_tunnel(self):
+        n = len(self.ended)
+        with self.server.client() as c:
+            self.open_tunnel(c)
+            self.assertEqual(self.read_exact(c, 8), b"welcome\n")
+            c.send(b"ping")
+            self.assertEqual(self.read_exact(c, 4), b"PING")
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                              b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.up.wait(lambda: len(self.ended) > n, "the tunnel to end")
+        self.assertEqual(self.ended[n], "client closed")
+
+    def test_not_allowed_on_route(self):
+        with self.server.client() as c:
+            r = c.request("GET", "/other", headers=[
+                ("Connection", "Upgrade"), ("Upgrade", "websocket")])
+            self.assertStatus(r, 200)
+            doc = echo_json(r)
+            self.assertEqual(fields(doc, "Upgrade"), [])
+            self.assertEqual(fields(doc, "Connection"), [])
+            # the connection goes on as HTTP
+            self.assertStatus(c.request("GET", "/other"), 200)
 
 
 class TestConfig(kt.ServerTestCase):

@@ -296,10 +296,14 @@ class Upstream(object):
         self.thread.join(DEADLINE)
 
 
+_reserved = []
+
+
 def closed_port():
-    """A loopback port nothing listens on (connections are refused)."""
+    """A loopback port nothing listens on (connections are refused). The
+    port stays bound, without listening, until the process exits: nothing
+    started later (a server under test binding port 0) can take it."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    _reserved.append(s)
+    return s.getsockname()[1]
