@@ -130,7 +130,9 @@ struct kou_static_entry_s {
     uint64_t            pin;        /* request that last used it */
     kou_static_file_t   f;
     size_t              keylen;
-    char                key[];      /* NUL-terminated */
+    char               *key;        /* NUL-terminated, right after it:
+                                       a pointer, not a flexible array,
+                                       so the struct can be a sentinel */
 };
 
 typedef struct {
@@ -1080,6 +1082,7 @@ kou_static_get(kou_static_req_t *q, const char *key, size_t len,
     if (e == NULL) {
         return KOU_ERROR;
     }
+    e->key = (char *) (e + 1);
     memcpy(e->key, key, len + 1);
     e->keylen = len;
     e->hash = h;
