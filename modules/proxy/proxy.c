@@ -1034,15 +1034,19 @@ kou_proxy_can_retry(kou_proxy_ctx_t *ctx, int kind)
  * The current attempt failed. The connection is closed, the peer's health
  * pays unless the failure was a pooled connection closed while idle, and
  * the request goes to the next peer when that is safe, else it gets 502
- * (504 for a timeout), or is cut short if the response already started.
+ * (504 for a send or read timeout), or is cut short if the response
+ * already started.
  */
 static void
 kou_proxy_fail(kou_proxy_ctx_t *ctx, int kind, const char *why, int err)
 {
     const kou_host_t *host = kou_proxy_host;
     kou_proxy_peer_t *peer = ctx->peer;
-    int               timeout = kind == KOU_PF_CONNECT_TIMEOUT
-                                || kind == KOU_PF_SEND_TIMEOUT
+    /*
+     * 504 once the upstream has the request and is too slow with it; a
+     * connect that does not complete is a failure to reach it: 502.
+     */
+    int               timeout = kind == KOU_PF_SEND_TIMEOUT
                                 || kind == KOU_PF_READ_TIMEOUT;
     int               retry;
 
