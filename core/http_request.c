@@ -969,6 +969,7 @@ kou_r_request_info(kou_request_t *r, kou_request_info_t *info)
     i.request_line.n = (size_t) (end - r->p.method.p);
     i.route = kou_r_route(r);
     i.aborted = r->aborted;
+    i.body_bytes_out = r->resp_no_body ? 0 : r->resp_sent;
     memcpy(info, &i, size);
     return KOU_OK;
 }

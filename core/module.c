@@ -191,6 +191,50 @@ kou_host_server_stats(void)
     return kou_shm != NULL ? &kou_shm->pub : NULL;
 }
 
+/* What the host's path and module-list functions answer from: the set
+   being loaded (configure time) or loaded (serving). */
+static const kou_modules_t *kou_modules_current;
+
+static int
+kou_host_conf_path(const kou_conf_t *node, char *buf, size_t size)
+{
+    kou_str_t s;
+    int       n;
+
+    if (kou_conf_str(node, &s) != KOU_OK || s.n == 0 || size == 0) {
+        return KOU_ERROR;
+    }
+    if (s.p[0] == '/' || kou_modules_current == NULL) {
+        n = snprintf(buf, size, "%.*s", (int) s.n, s.p);
+    } else {
+        n = snprintf(buf, size, "%s/%.*s", kou_modules_current->cf->prefix,
+                     (int) s.n, s.p);
+    }
+    return n > 0 && (size_t) n < size ? KOU_OK : KOU_ERROR;
+}
+
+static size_t
+kou_host_module_count(void)
+{
+    return kou_modules_current != NULL ? kou_modules_current->n : 0;
+}
+
+static int
+kou_host_module_at(size_t i, kou_str_t *name, kou_str_t *version)
+{
+    const kou_module_inst_t *mi;
+
+    if (kou_modules_current == NULL || i >= kou_modules_current->n) {
+        return KOU_DECLINED;
+    }
+    mi = &kou_modules_current->mods[i];
+    name->p = mi->conf->name;
+    name->n = strlen(mi->conf->name);
+    version->p = mi->m != NULL ? mi->m->version : "";
+    version->n = strlen(version->p);
+    return KOU_OK;
+}
+
 const kou_host_t kou_host = {
     .abi_major = KOU_ABI_MAJOR,
     .abi_minor = KOU_ABI_MINOR,
@@ -253,6 +297,10 @@ const kou_host_t kou_host = {
     .is_tls = kou_r_is_tls,
     .abort = kou_r_abort,
     .upgrade = kou_r_upgrade,
+
+    .conf_path = kou_host_conf_path,
+    .module_count = kou_host_module_count,
+    .module_at = kou_host_module_at,
 };
 
 /* ---- loader ---- */
@@ -366,6 +414,7 @@ kou_modules_load(kou_config_t *cf, kou_modules_t **out, char *err,
     }
     ms->cf = cf;
     ms->n = cf->nmodules;
+    kou_modules_current = ms;
     ms->mods = calloc(cf->nmodules + 1, sizeof(kou_module_inst_t));
     ms->route_state = calloc(cf->nroutes * cf->nmodules + 1, sizeof(void *));
     list = calloc(cf->nmodules + 1, sizeof(size_t));
@@ -520,6 +569,9 @@ kou_modules_unload(kou_modules_t *ms)
 {
     if (ms == NULL) {
         return;
+    }
+    if (kou_modules_current == ms) {
+        kou_modules_current = NULL;
     }
     for (size_t i = 0; ms->mods != NULL && i < ms->n; i++) {
         kou_module_inst_t *mi = &ms->mods[i];

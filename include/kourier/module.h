@@ -100,6 +100,8 @@ typedef struct kou_request_info_s {
     kou_str_t request_line;    /**< as received, without CRLF */
     kou_str_t route;           /**< the matched route's path, "" if none */
     int       aborted;         /**< 1 if the connection ended it early */
+    uint64_t  body_bytes_out;  /**< response body bytes, without the head
+                                    or chunk framing (ABI 1.1) */
 } kou_request_info_t;
 
 /** Parse-error statuses counted per slot, in this order. */
@@ -496,6 +498,21 @@ typedef struct kou_host_s {
      */
     int (*upgrade)(kou_request_t *r, const kou_header_t *headers,
                    size_t nheaders, kou_body_pt on_data, void *arg);
+
+    /* ---- ABI 1.1: paths and the module list ---- */
+
+    /**
+     * A path given in the configuration, resolved the way the server
+     * resolves its own: an absolute path as is, a relative one against the
+     * prefix (-p, default the directory kourier started in). Writes a
+     * NUL-terminated path to buf; KOU_OK, or KOU_ERROR when the node is not
+     * a scalar or the result does not fit.
+     */
+    int (*conf_path)(const kou_conf_t *node, char *buf, size_t size);
+    /** Modules of the configuration this process serves, in config order. */
+    size_t (*module_count)(void);
+    /** Name (as configured) and version of module i; KOU_DECLINED past the end. */
+    int (*module_at)(size_t i, kou_str_t *name, kou_str_t *version);
 } kou_host_t;
 
 /**

@@ -274,13 +274,28 @@ kou_alog_configure(const kou_conf_t *conf, void **state, char *err,
         return host->conf_error(n, err, errlen, "access_log: file: expected "
                                 "a file name");
     }
-    al->file = strndup(s.p, s.n);
+    if (KOU_HOST_HAS(host, conf_path)) {
+        /* relative to the prefix, like the server's own paths */
+        char path[4096];
+        if (host->conf_path(n, path, sizeof(path)) != KOU_OK) {
+            kou_alog_free(al);
+            return host->conf_error(n, err, errlen, "access_log: file: "
+                                    "path too long");
+        }
+        al->file = strdup(path);
+    } else {
+        al->file = strndup(s.p, s.n);
+    }
     if (al->file == NULL) {
         kou_alog_free(al);
         return host->conf_error(n, err, errlen, "access_log: out of memory");
     }
-    if (al->file[0] == '/') {
-        /* catch a mistyped directory at `kourier -t` time */
+    if (s.p[0] == '/') {
+        /*
+         * Catch a mistyped directory at `kourier -t` time. Only for paths
+         * written absolute: a relative one may name a directory (logs/)
+         * that the deployment creates before starting the server.
+         */
         char       *dir = strdup(al->file);
         char       *slash = dir != NULL ? strrchr(dir, '/') : NULL;
         struct stat st;

@@ -1022,8 +1022,20 @@ kou_metrics_content(kou_request_t *r, void *state, void *route_state)
     }
     kou_metrics_family(&b, "kourier_module_info", "gauge",
                        "Modules loaded by the configuration being served.");
-    KOU_PUTS(&b, "kourier_module_info{name=\"metrics\",version=\"");
-    KOU_PUTS(&b, "1.0.0\"} 1\n");
+    if (KOU_HOST_HAS(host, module_at)) {
+        kou_str_t name, version;
+
+        for (size_t i = 0; host->module_at(i, &name, &version) == KOU_OK; i++) {
+            KOU_PUTS(&b, "kourier_module_info{name=\"");
+            kou_metrics_value(&b, name);
+            KOU_PUTS(&b, "\",version=\"");
+            kou_metrics_value(&b, version);
+            KOU_PUTS(&b, "\"} 1\n");
+        }
+    } else {
+        KOU_PUTS(&b, "kourier_module_info{name=\"metrics\",version=\"");
+        KOU_PUTS(&b, "1.0.0\"} 1\n");
+    }
 
     if (m->rows != NULL) {
         kou_metrics_requests(&b, m);

@@ -2553,7 +2553,17 @@ kou_static_configure_route(void *state, const kou_conf_t *route,
                          "root: expected a directory");
         goto failed;
     }
-    sr->root = strndup(s.p, s.n);
+    if (host->size >= offsetof(kou_host_t, conf_path) + sizeof(void *)) {
+        /* relative to the prefix, like the server's own paths */
+        char path[4096];
+        if (host->conf_path(node, path, sizeof(path)) != KOU_OK) {
+            host->conf_error(node, err, errlen, "root: path too long");
+            goto failed;
+        }
+        sr->root = strdup(path);
+    } else {
+        sr->root = strndup(s.p, s.n);
+    }
     if (sr->root == NULL) {
         host->conf_error(node, err, errlen, "static: out of memory");
         goto failed;

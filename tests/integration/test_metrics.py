@@ -384,7 +384,9 @@ class MetricsTest(kt.ServerTestCase):
         self.assertTrue(build[0][1]["version"])
         names = {s[1].get("name") for s in
                  fams["kourier_module_info"]["samples"]}
+        # every module of the configuration, not only metrics itself
         self.assertIn("metrics", names)
+        self.assertIn("hello", names)
         for state in ("reading", "writing", "idle"):
             self.assertGreaterEqual(value(fams, "kourier_connections",
                                           state=state), 0)
