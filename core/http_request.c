@@ -43,7 +43,7 @@ kou_http_now_us(void)
     return kou_loop.now_us;
 }
 
-static const u_char kou_tchar[256] = {
+const u_char kou_http_tchar[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1,
     ['*'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1,
     ['`'] = 1, ['|'] = 1, ['~'] = 1,
@@ -605,14 +605,14 @@ kou_r_read_body(kou_request_t *r, kou_body_pt on_data, void *arg)
 
 /* ---- response ---- */
 
-static bool
+bool
 kou_http_header_valid(const kou_header_t *h)
 {
     if (h->name.n == 0) {
         return false;
     }
     for (size_t i = 0; i < h->name.n; i++) {
-        if (!kou_tchar[(u_char) h->name.p[i]]) {
+        if (!kou_http_tchar[(u_char) h->name.p[i]]) {
             return false;
         }
     }

@@ -117,6 +117,15 @@ void kou_http_request_free(kou_request_t *r);
 /* Free the request free list (worker exit). */
 void kou_http_request_pool_free(void);
 
+/* tchar (RFC 9110 §5.6.2): 1 for the bytes a token may hold. */
+extern const u_char kou_http_tchar[256];
+
+/*
+ * A field a module wants to send: a token name and a value without CR, LF
+ * or NUL. Shared by responses and by requests a module sends upstream.
+ */
+bool kou_http_header_valid(const kou_header_t *h);
+
 /* ---- http_response.c ---- */
 
 /* "OK", "Not Found"...; "Unknown" for codes it does not know. */

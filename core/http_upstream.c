@@ -21,24 +21,6 @@ _Static_assert(sizeof(kou_chunked_t) >= sizeof(kou_http_chunked_t),
 _Static_assert(_Alignof(kou_chunked_t) >= _Alignof(kou_http_chunked_t),
                "kou_chunked_t is not aligned for the core's decoder");
 
-/* tchar (RFC 9110 section 5.6.2) */
-static const u_char kou_up_tchar[256] = {
-    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1,
-    ['*'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1,
-    ['`'] = 1, ['|'] = 1, ['~'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1,
-    ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1,
-    ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1,
-    ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
-    ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
-    ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1,
-    ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
-    ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
-};
 
 /* field-vchar, SP and HTAB: what a field value or reason phrase may hold */
 static inline bool
@@ -166,7 +148,7 @@ kou_up_field(const u_char *buf, size_t len, kou_response_head_t *h,
         if (buf[i] == ':') {
             break;
         }
-        if (!kou_up_tchar[buf[i]]) {
+        if (!kou_http_tchar[buf[i]]) {
             KOU_UP_FAIL(h, buf[i] == ' ' || buf[i] == '\t'
                                ? "whitespace before the colon of a field"
                                : "invalid byte in a field name");
@@ -296,7 +278,7 @@ kou_up_transfer_encoding(kou_str_t v, kou_response_head_t *h,
     while (kou_up_list_next(v, &at, &el)) {
         size_t n = 0;
 
-        while (n < el.n && kou_up_tchar[(u_char) el.p[n]]) {
+        while (n < el.n && kou_http_tchar[(u_char) el.p[n]]) {
             n++;
         }
         if (n == 0) {
@@ -526,26 +508,6 @@ kou_r_abort(kou_request_t *r)
     return KOU_OK;
 }
 
-static bool
-kou_up_field_ok(const kou_header_t *h)
-{
-    if (h->name.n == 0) {
-        return false;
-    }
-    for (size_t i = 0; i < h->name.n; i++) {
-        if (!kou_up_tchar[(u_char) h->name.p[i]]) {
-            return false;
-        }
-    }
-    for (size_t i = 0; i < h->value.n; i++) {
-        u_char ch = (u_char) h->value.p[i];
-
-        if (ch == '\r' || ch == '\n' || ch == '\0') {
-            return false;
-        }
-    }
-    return true;
-}
 
 int
 kou_r_upgrade(kou_request_t *r, const kou_header_t *headers, size_t nheaders,
@@ -567,7 +529,7 @@ kou_r_upgrade(kou_request_t *r, const kou_header_t *headers, size_t nheaders,
         return KOU_ERROR;
     }
     for (size_t i = 0; i < nheaders; i++) {
-        if (!kou_up_field_ok(&headers[i])) {
+        if (!kou_http_header_valid(&headers[i])) {
             return KOU_ERROR;
         }
         size += headers[i].name.n + headers[i].value.n + 4;
