@@ -52,6 +52,7 @@ typedef enum {
     KOU_ALOG_HOST,
     KOU_ALOG_STATUS,
     KOU_ALOG_BYTES_SENT,
+    KOU_ALOG_BODY_BYTES_SENT,
     KOU_ALOG_REQUEST_LENGTH,
     KOU_ALOG_REQUEST_TIME,
     KOU_ALOG_UPSTREAM_TIME,
@@ -74,6 +75,7 @@ static const kou_alog_varname_t kou_alog_vars[] = {
     { "host", KOU_ALOG_HOST },
     { "status", KOU_ALOG_STATUS },
     { "bytes_sent", KOU_ALOG_BYTES_SENT },
+    { "body_bytes_sent", KOU_ALOG_BODY_BYTES_SENT },
     { "request_length", KOU_ALOG_REQUEST_LENGTH },
     { "request_time", KOU_ALOG_REQUEST_TIME },
     { "upstream_response_time", KOU_ALOG_UPSTREAM_TIME },
@@ -82,7 +84,7 @@ static const kou_alog_varname_t kou_alog_vars[] = {
 };
 
 #define KOU_ALOG_COMMON \
-    "$remote_addr - - [$time_local] \"$request\" $status $bytes_sent"
+    "$remote_addr - - [$time_local] \"$request\" $status $body_bytes_sent"
 #define KOU_ALOG_COMBINED \
     KOU_ALOG_COMMON " \"$http_referer\" \"$http_user_agent\""
 
@@ -142,6 +144,18 @@ static const kou_conf_key_t kou_alog_conf[] = {
 };
 
 /* ---- configuration ---- */
+
+/* Body bytes of the response; head and body on a server before ABI 1.1. */
+static uint64_t
+kou_alog_body_bytes(const kou_request_info_t *info)
+{
+    if (info->size >= offsetof(kou_request_info_t, body_bytes_out)
+                          + sizeof(info->body_bytes_out))
+    {
+        return info->body_bytes_out;
+    }
+    return info->bytes_out;
+}
 
 static void
 kou_alog_free(kou_alog_t *al)
@@ -791,6 +805,9 @@ kou_alog_var(kou_alog_t *al, kou_alog_w_t *w, const kou_alog_op_t *op,
     case KOU_ALOG_BYTES_SENT:
         kou_alog_u64(w, info->bytes_out);
         break;
+    case KOU_ALOG_BODY_BYTES_SENT:
+        kou_alog_u64(w, kou_alog_body_bytes(info));
+        break;
     case KOU_ALOG_REQUEST_LENGTH:
         kou_alog_u64(w, info->bytes_in);
         break;
@@ -846,6 +863,7 @@ kou_alog_json(kou_alog_t *al, kou_alog_w_t *w, kou_request_t *r,
     kou_alog_jnum(w, "status", (uint64_t) (info->status > 0 ? info->status
                                                           : 0));
     kou_alog_jnum(w, "bytes_sent", info->bytes_out);
+    kou_alog_jnum(w, "body_bytes_sent", kou_alog_body_bytes(info));
     kou_alog_jnum(w, "request_length", info->bytes_in);
     kou_alog_raw(w, ",\"request_time\":", 16);
     kou_alog_secs(w, kou_alog_duration(info));

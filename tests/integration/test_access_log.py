@@ -103,7 +103,8 @@ class AccessLogCase(kt.ServerTestCase):
             if agent:
                 headers.append(("User-Agent", agent))
             resp = self.send(method, target, headers, status)
-            sent.append((method, target, status, wire_len(resp), ref, agent))
+            sent.append((method, target, status, wire_len(resp), ref, agent,
+                         len(resp.body)))
         return sent
 
 
@@ -115,7 +116,7 @@ class FormatTest(AccessLogCase):
         sent = self.known_requests()
         lines = self.wait_lines(len(sent))
         self.assertEqual(len(lines), len(sent), lines)
-        for line, (method, target, status, size, ref, agent) in zip(
+        for line, (method, target, status, size, ref, agent, body) in zip(
                 lines, sent):
             m = COMBINED_RE.match(line.decode("ascii"))
             self.assertIsNotNone(m, "not a combined line: %r" % line)
@@ -124,7 +125,8 @@ class FormatTest(AccessLogCase):
                              ("%s %s HTTP/1.1" % (method, target))
                              .replace('"', "\\x22"))
             self.assertEqual(int(m.group("status")), status)
-            self.assertEqual(int(m.group("bytes")), size)
+            # like nginx's combined format: body bytes, not the head
+            self.assertEqual(int(m.group("bytes")), body)
             self.assertEqual(m.group("referer"), ref or "-")
             self.assertEqual(m.group("agent"), agent or "-")
             t = time.mktime(time.strptime(m.group("time"),
@@ -136,7 +138,7 @@ class FormatTest(AccessLogCase):
         sent = self.known_requests()
         lines = self.wait_lines(len(sent))
         self.assertEqual(len(lines), len(sent), lines)
-        for line, (method, target, status, size, ref, agent) in zip(
+        for line, (method, target, status, size, ref, agent, body) in zip(
                 lines, sent):
             doc = json.loads(line.decode("utf-8"))
             self.assertEqual(doc["remote_addr"], "127.0.0.1")
@@ -146,6 +148,7 @@ class FormatTest(AccessLogCase):
             self.assertEqual(doc["uri"], target)
             self.assertEqual(doc["status"], status)
             self.assertEqual(doc["bytes_sent"], size)
+            self.assertEqual(doc["body_bytes_sent"], body)
             self.assertEqual(doc["referer"], ref or "")
             self.assertEqual(doc["user_agent"], agent or "")
             self.assertEqual(doc["route"], "/hello")
