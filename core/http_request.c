@@ -160,6 +160,65 @@ kou_r_cleanup_add(kou_request_t *r, kou_callback_pt cb, void *arg)
     return KOU_OK;
 }
 
+int
+kou_r_var_set(kou_request_t *r, kou_str_t name, kou_str_t value)
+{
+    kou_var_t *v;
+    char      *p;
+
+    if (name.n == 0 || name.n > 64) {
+        return KOU_ERROR;
+    }
+    for (size_t i = 0; i < name.n; i++) {
+        u_char ch = (u_char) name.p[i];
+
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')
+              || ch == '_'))
+        {
+            return KOU_ERROR;
+        }
+    }
+    for (v = r->vars; v != NULL; v = v->next) {
+        if (v->name.n == name.n && memcmp(v->name.p, name.p, name.n) == 0) {
+            break;
+        }
+    }
+    /* a replaced value's old copy stays in the arena: requests are short */
+    p = kou_r_palloc(r, (v == NULL ? sizeof(*v) + name.n : 0) + value.n + 1);
+    if (p == NULL) {
+        return KOU_ERROR;
+    }
+    if (v == NULL) {
+        v = (kou_var_t *) p;
+        p += sizeof(*v);
+        memcpy(p, name.p, name.n);
+        v->name.p = p;
+        v->name.n = name.n;
+        p += name.n;
+        v->next = r->vars;
+        r->vars = v;
+    }
+    if (value.n > 0) {
+        memcpy(p, value.p, value.n);
+    }
+    p[value.n] = '\0';
+    v->value.p = p;
+    v->value.n = value.n;
+    return KOU_OK;
+}
+
+int
+kou_r_var_get(kou_request_t *r, kou_str_t name, kou_str_t *value)
+{
+    for (const kou_var_t *v = r->vars; v != NULL; v = v->next) {
+        if (v->name.n == name.n && memcmp(v->name.p, name.p, name.n) == 0) {
+            *value = v->value;
+            return KOU_OK;
+        }
+    }
+    return KOU_DECLINED;
+}
+
 static void
 kou_http_run_cleanups(kou_request_t *r)
 {

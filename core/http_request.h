@@ -23,6 +23,13 @@ struct kou_cleanup_s {
     void           *arg;
 };
 
+typedef struct kou_var_s kou_var_t;
+struct kou_var_s {
+    kou_var_t *next;
+    kou_str_t  name;
+    kou_str_t  value;
+};
+
 typedef struct kou_hdr_list_s kou_hdr_list_t;
 struct kou_hdr_list_s {
     kou_hdr_list_t *next;
@@ -48,6 +55,7 @@ struct kou_request_s {
     kou_arena_block_t      *a_blocks;
 
     kou_cleanup_t          *cleanups;
+    kou_var_t              *vars;        /* var_set, newest first */
 
     /* body */
     kou_http_chunked_t      chunked;
@@ -164,5 +172,7 @@ int kou_r_response_header_add(kou_request_t *r, kou_str_t name,
 int kou_r_response_status(kou_request_t *r);
 int kou_r_sendfile(kou_request_t *r, int fd, int64_t offset, int64_t length);
 int kou_r_request_info(kou_request_t *r, kou_request_info_t *info);
+int kou_r_var_set(kou_request_t *r, kou_str_t name, kou_str_t value);
+int kou_r_var_get(kou_request_t *r, kou_str_t name, kou_str_t *value);
 
 #endif /* KOU_HTTP_REQUEST_H */

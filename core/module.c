@@ -235,6 +235,31 @@ kou_host_module_at(size_t i, kou_str_t *name, kou_str_t *version)
     return KOU_OK;
 }
 
+/* Does module m's table reach field f? (older modules have shorter ones) */
+#define KOU_MODULE_HAS(m, f) \
+    ((m)->size >= offsetof(kou_module_t, f) + sizeof((m)->f))
+
+static size_t
+kou_host_metrics_collect(kou_emit_pt emit, void *arg)
+{
+    size_t n = 0;
+
+    if (kou_modules_current == NULL) {
+        return 0;
+    }
+    for (size_t i = 0; i < kou_modules_current->n; i++) {
+        const kou_module_inst_t *mi = &kou_modules_current->mods[i];
+
+        if (mi->m != NULL && KOU_MODULE_HAS(mi->m, metrics)
+            && mi->m->metrics != NULL)
+        {
+            mi->m->metrics(mi->state, emit, arg);
+            n++;
+        }
+    }
+    return n;
+}
+
 const kou_host_t kou_host = {
     .abi_major = KOU_ABI_MAJOR,
     .abi_minor = KOU_ABI_MINOR,
@@ -301,6 +326,10 @@ const kou_host_t kou_host = {
     .conf_path = kou_host_conf_path,
     .module_count = kou_host_module_count,
     .module_at = kou_host_module_at,
+
+    .var_set = kou_r_var_set,
+    .var_get = kou_r_var_get,
+    .metrics_collect = kou_host_metrics_collect,
 };
 
 /* ---- loader ---- */
@@ -547,10 +576,6 @@ kou_modules_worker_exit(kou_modules_t *ms)
         mi->inited = false;
     }
 }
-
-/* Does module m's struct reach field f (it may predate it)? */
-#define KOU_MODULE_HAS(m, f) \
-    ((m)->size >= offsetof(kou_module_t, f) + sizeof((m)->f))
 
 void
 kou_modules_reopen(kou_modules_t *ms)

@@ -27,7 +27,7 @@ extern "C" {
 
 /** ABI version this header describes. */
 #define KOU_ABI_MAJOR 1
-#define KOU_ABI_MINOR 1
+#define KOU_ABI_MINOR 2
 
 /** Export macro for the entry function. */
 #define KOU_EXPORT __attribute__((visibility("default")))
@@ -191,6 +191,12 @@ typedef void (*kou_body_pt)(kou_request_t *r, kou_str_t data, int last,
 typedef void (*kou_callback_pt)(void *arg);
 typedef void (*kou_write_done_pt)(kou_request_t *r, void *arg);
 typedef void (*kou_io_pt)(kou_io_t *io, int fd, unsigned events, void *arg);
+
+/**
+ * A text sink (ABI 1.2): receives `n` bytes at `p`; used to collect
+ * metric series from modules at scrape time.
+ */
+typedef void (*kou_emit_pt)(void *arg, const char *p, size_t n);
 
 /** How a response body is delimited (kou_response_head_t.body). */
 #define KOU_BODY_NONE    0  /**< no body: HEAD, 1xx, 204, 304 */
@@ -513,6 +519,28 @@ typedef struct kou_host_s {
     size_t (*module_count)(void);
     /** Name (as configured) and version of module i; KOU_DECLINED past the end. */
     int (*module_at)(size_t i, kou_str_t *name, kou_str_t *version);
+
+    /* ---- ABI 1.2: request variables and module metrics ---- */
+    /**
+     * Attach a named value to the request, for log hooks and other
+     * modules (name and value are copied into request memory). Names are
+     * 1 to 64 bytes of [a-z0-9_]; setting a name again replaces its
+     * value. The proxy module sets upstream_addr, upstream_status,
+     * upstream_connect_time, upstream_header_time and
+     * upstream_response_time (seconds with millisecond resolution, as
+     * "0.012"); the access_log module prints any of them as $name.
+     * KOU_OK, or KOU_ERROR (bad name, out of memory).
+     */
+    int (*var_set)(kou_request_t *r, kou_str_t name, kou_str_t value);
+    /** The value last set under name: KOU_OK, or KOU_DECLINED if none. */
+    int (*var_get)(kou_request_t *r, kou_str_t name, kou_str_t *value);
+    /**
+     * Ask every module of this configuration that has a metrics callback
+     * (kou_module_t.metrics) to write its series through emit, in config
+     * order. The metrics module calls it at scrape time. Returns how many
+     * modules wrote.
+     */
+    size_t (*metrics_collect)(kou_emit_pt emit, void *arg);
 } kou_host_t;
 
 /**
@@ -556,6 +584,15 @@ typedef struct kou_module_s {
     void (*destroy)(void *state);
     /** Reopen files after SIGUSR1 (log rotation); in each worker. */
     void (*reopen)(void *state);
+    /**
+     * ABI 1.2 (may be NULL): write this module's metric series through
+     * emit, in the Prometheus text exposition format (HELP and TYPE lines,
+     * then samples; metric names should start with "kourier_"). Runs in
+     * the worker that serves a scrape: read counters every worker keeps
+     * in shared memory (shm_alloc, stats_slot) so that the whole server
+     * is reported.
+     */
+    void (*metrics)(void *state, kou_emit_pt emit, void *arg);
 } kou_module_t;
 
 /** Initialiser for the first five fields of kou_module_t. */

@@ -696,6 +696,13 @@ kou_metrics_printf(kou_metrics_buf_t *b, const char *fmt, ...)
     b->n += (size_t) n;
 }
 
+/* kou_emit_pt for host->metrics_collect: other modules' series. */
+static void
+kou_metrics_emit(void *arg, const char *p, size_t n)
+{
+    kou_metrics_put(arg, p, n);
+}
+
 /* A label value, escaped as the format requires: \\, \" and \n. */
 static void
 kou_metrics_value(kou_metrics_buf_t *b, kou_str_t v)
@@ -1044,6 +1051,11 @@ kou_metrics_content(kou_request_t *r, void *state, void *route_state)
                         "counter", "Requests counted in no request series "
                         "(max_series or max_routes reached).",
                         kou_metrics_sum(m, KOU_ROW_UNATTRIBUTED));
+    }
+
+    /* series other modules keep (the proxy's kourier_upstream_*) */
+    if (KOU_HOST_HAS(host, metrics_collect)) {
+        host->metrics_collect(kou_metrics_emit, &b);
     }
 
     if (b.oom) {
