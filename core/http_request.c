@@ -14,7 +14,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 #include <fcntl.h>
@@ -1009,27 +1008,33 @@ kou_r_sendfile(kou_request_t *r, int fd, int64_t offset, int64_t length)
 int
 kou_r_request_info(kou_request_t *r, kou_request_info_t *info)
 {
-    const char *end;
-    size_t      size = kou_min(info->size ? info->size : sizeof(*info),
-                               sizeof(*info));
-    kou_request_info_t i;
+    kou_request_info_t  tmp, *i = info;
+    const char         *end;
+    size_t              size = info->size ? info->size : sizeof(*info);
 
-    memset(&i, 0, sizeof(i));
-    i.size = size;
-    i.status = r->status;
-    i.bytes_in = r->p.head_len + r->body_seen;
-    i.bytes_out = r->c->queued - r->out_mark;
-    i.start_us = r->start_us;
-    i.end_us = r->end_us;
-    i.start_time = r->start_time;
+    /* a module built against this header gets filled in place */
+    if (size < sizeof(*info)) {
+        i = &tmp;
+    } else {
+        size = sizeof(*info);
+    }
+    i->size = size;
+    i->status = r->status;
+    i->bytes_in = r->p.head_len + r->body_seen;
+    i->bytes_out = r->c->queued - r->out_mark;
+    i->start_us = r->start_us;
+    i->end_us = r->end_us;
+    i->start_time = r->start_time;
     /* the request line runs from the method to the end of the version */
     end = r->p.target.p + r->p.target.n + sizeof(" HTTP/1.1") - 1;
-    i.request_line.p = r->p.method.p;
-    i.request_line.n = (size_t) (end - r->p.method.p);
-    i.route = kou_r_route(r);
-    i.aborted = r->aborted;
-    i.body_bytes_out = r->resp_no_body ? 0 : r->resp_sent;
-    memcpy(info, &i, size);
+    i->request_line.p = r->p.method.p;
+    i->request_line.n = (size_t) (end - r->p.method.p);
+    i->route = kou_r_route(r);
+    i->aborted = r->aborted;
+    i->body_bytes_out = r->resp_no_body ? 0 : r->resp_sent;
+    if (i == &tmp) {
+        memcpy(info, &tmp, size);
+    }
     return KOU_OK;
 }
 
@@ -1184,9 +1189,7 @@ int
 kou_r_header(kou_request_t *r, kou_str_t name, size_t nth, kou_str_t *value)
 {
     for (size_t i = 0; i < r->p.nheaders; i++) {
-        kou_str_t n = r->headers[i].name;
-
-        if (n.n != name.n || strncasecmp(n.p, name.p, n.n) != 0) {
+        if (!kou_str_caseeq(r->headers[i].name, name)) {
             continue;
         }
         if (nth-- == 0) {

@@ -47,6 +47,27 @@ kou_str_eq_lc(kou_str_t s, const char *lc, size_t n)
 
 #define kou_str_eq_lit(s, lit) kou_str_eq_lc((s), (lit), sizeof(lit) - 1)
 
+/* ASCII case-insensitive equality of two strings (field names). */
+static inline bool
+kou_str_caseeq(kou_str_t a, kou_str_t b)
+{
+    if (a.n != b.n) {
+        return false;
+    }
+    for (size_t i = 0; i < a.n; i++) {
+        u_char x = (u_char) a.p[i], y = (u_char) b.p[i];
+
+        if (x != y) {
+            x = x >= 'A' && x <= 'Z' ? x | 0x20 : x;
+            y = y >= 'A' && y <= 'Z' ? y | 0x20 : y;
+            if (x != y) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
 /* Exact comparison. */
 static inline bool
 kou_str_eq(kou_str_t a, kou_str_t b)

@@ -55,9 +55,9 @@ typedef enum {
     KOU_ALOG_BODY_BYTES_SENT,
     KOU_ALOG_REQUEST_LENGTH,
     KOU_ALOG_REQUEST_TIME,
-    KOU_ALOG_UPSTREAM_TIME,
     KOU_ALOG_ROUTE,
-    KOU_ALOG_HEADER                 /* $http_NAME */
+    KOU_ALOG_HEADER,                /* $http_NAME */
+    KOU_ALOG_VAR                    /* set by a module: $upstream_*, $var_* */
 } kou_alog_var_e;
 
 typedef struct {
@@ -78,7 +78,6 @@ static const kou_alog_varname_t kou_alog_vars[] = {
     { "body_bytes_sent", KOU_ALOG_BODY_BYTES_SENT },
     { "request_length", KOU_ALOG_REQUEST_LENGTH },
     { "request_time", KOU_ALOG_REQUEST_TIME },
-    { "upstream_response_time", KOU_ALOG_UPSTREAM_TIME },
     { "route", KOU_ALOG_ROUTE },
     { NULL, KOU_ALOG_TEXT }
 };
@@ -93,9 +92,17 @@ typedef struct {
     kou_str_t      s;               /* the text, or the header's name */
 } kou_alog_op_t;
 
+typedef enum {
+    KOU_ALOG_CUSTOM,                /* a format string: the ops */
+    KOU_ALOG_PRESET_COMMON,
+    KOU_ALOG_PRESET_COMBINED,
+    KOU_ALOG_PRESET_JSON
+} kou_alog_preset_e;
+
 typedef struct {
     char          *file;            /* NUL-terminated */
     int            json;
+    int            preset;          /* kou_alog_preset_e */
     kou_alog_op_t *ops;
     size_t         nops;
     char          *names;           /* storage of the header names */
@@ -238,6 +245,23 @@ kou_alog_compile(kou_alog_t *al, const kou_conf_t *node, kou_str_t f,
             al->nops++;
             continue;
         }
+        if ((name.n > 9 && memcmp(name.p, "upstream_", 9) == 0)
+            || (name.n > 4 && memcmp(name.p, "var_", 4) == 0))
+        {
+            /* a request variable (var_set): $var_x names "x" */
+            size_t skip = name.p[0] == 'v' ? 4 : 0;
+
+            op->var = KOU_ALOG_VAR;
+            op->s.p = al->names + nn;
+            for (size_t k = skip; k < name.n; k++) {
+                char c = name.p[k];
+
+                al->names[nn++] = c >= 'A' && c <= 'Z' ? c + 32 : c;
+            }
+            op->s.n = name.n - skip;
+            al->nops++;
+            continue;
+        }
         for (const kou_alog_varname_t *v = kou_alog_vars; ; v++) {
             if (v->name == NULL) {
                 return host->conf_error(node, err, errlen,
@@ -335,11 +359,14 @@ kou_alog_configure(const kou_conf_t *conf, void **state, char *err,
     }
     if (s.n == 4 && memcmp(s.p, "json", 4) == 0) {
         al->json = 1;
+        al->preset = KOU_ALOG_PRESET_JSON;
     } else {
         if (s.n == 8 && memcmp(s.p, "combined", 8) == 0) {
             s = KOU_STR(KOU_ALOG_COMBINED);
+            al->preset = KOU_ALOG_PRESET_COMBINED;
         } else if (s.n == 6 && memcmp(s.p, "common", 6) == 0) {
             s = KOU_STR(KOU_ALOG_COMMON);
+            al->preset = KOU_ALOG_PRESET_COMMON;
         } else if (s.n == 0) {
             kou_alog_free(al);
             return host->conf_error(n, err, errlen, "access_log: format: "
@@ -768,6 +795,21 @@ kou_alog_header(kou_request_t *r, kou_str_t name)
     return v;
 }
 
+/* A variable a module set on the request, "" when none (or no ABI 1.2). */
+static kou_str_t
+kou_alog_variable(kou_request_t *r, kou_str_t name)
+{
+    kou_str_t v = { "", 0 };
+
+    if (!KOU_HOST_HAS(kou_alog_host, var_get)
+        || kou_alog_host->var_get(r, name, &v) != KOU_OK)
+    {
+        v.p = "";
+        v.n = 0;
+    }
+    return v;
+}
+
 static void
 kou_alog_var(kou_alog_t *al, kou_alog_w_t *w, const kou_alog_op_t *op,
              kou_request_t *r, const kou_request_info_t *info)
@@ -814,8 +856,8 @@ kou_alog_var(kou_alog_t *al, kou_alog_w_t *w, const kou_alog_op_t *op,
     case KOU_ALOG_REQUEST_TIME:
         kou_alog_secs(w, kou_alog_duration(info));
         break;
-    case KOU_ALOG_UPSTREAM_TIME:
-        kou_alog_raw(w, "-", 1);    /* no upstream yet */
+    case KOU_ALOG_VAR:
+        kou_alog_text(w, kou_alog_variable(r, op->s));
         break;
     case KOU_ALOG_ROUTE:
         kou_alog_text(w, info->route);
@@ -845,6 +887,25 @@ kou_alog_jnum(kou_alog_w_t *w, const char *name, uint64_t v)
     kou_alog_u64(w, v);
 }
 
+/*
+ * A member from a request variable: a JSON string, or null when it is not
+ * set. Several upstream attempts make a list ("0.002, 0.004"), so values
+ * stay strings rather than numbers.
+ */
+static void
+kou_alog_jvar(kou_alog_w_t *w, const char *member, kou_request_t *r,
+              kou_str_t name)
+{
+    kou_str_t v = kou_alog_variable(r, name);
+
+    kou_alog_raw(w, member, strlen(member));
+    if (v.n == 0) {
+        kou_alog_raw(w, "null", 4);
+    } else {
+        kou_alog_jstr(w, v);
+    }
+}
+
 static void
 kou_alog_json(kou_alog_t *al, kou_alog_w_t *w, kou_request_t *r,
               const kou_request_info_t *info)
@@ -867,7 +928,11 @@ kou_alog_json(kou_alog_t *al, kou_alog_w_t *w, kou_request_t *r,
     kou_alog_jnum(w, "request_length", info->bytes_in);
     kou_alog_raw(w, ",\"request_time\":", 16);
     kou_alog_secs(w, kou_alog_duration(info));
-    kou_alog_raw(w, ",\"upstream_response_time\":null", 30);
+    kou_alog_jvar(w, ",\"upstream_addr\":", r, KOU_STR("upstream_addr"));
+    kou_alog_jvar(w, ",\"upstream_status\":", r,
+                  KOU_STR("upstream_status"));
+    kou_alog_jvar(w, ",\"upstream_response_time\":", r,
+                  KOU_STR("upstream_response_time"));
     v = KOU_STR("referer");
     kou_alog_jfield(w, "referer", kou_alog_header(r, v));
     v = KOU_STR("user-agent");
@@ -877,6 +942,145 @@ kou_alog_json(kou_alog_t *al, kou_alog_w_t *w, kou_request_t *r,
         kou_alog_raw(w, ",\"aborted\":true", 15);
     }
     kou_alog_raw(w, "}", 1);
+}
+
+/* ---- the common and combined formats, unchecked ---- */
+
+/*
+ * Eight bytes with nothing to escape? Bytes < 0x20, >= 0x7f, '"' and '\\'
+ * are found with the usual SWAR tests: a byte below n shows in
+ * (x - n*ONES) & ~x & HIGHS, a zero byte of x ^ c in the same way with
+ * n = 1, and a byte >= 0x80 in x & HIGHS.
+ */
+static inline int
+kou_alog_plain8(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ull;
+    const uint64_t highs = 0x8080808080808080ull;
+    uint64_t       q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+    uint64_t       d = x ^ (ones * 0x7f);
+
+    return (((x - ones * 0x20) & ~x)
+            | ((q - ones) & ~q) | ((b - ones) & ~b) | ((d - ones) & ~d)
+            | x) & highs ? 0 : 1;
+}
+
+/*
+ * kou_alog_text without bounds checks: the caller has made sure that
+ * 4 * s.n + 1 bytes are free at d. Returns the new end.
+ */
+/* One byte of a text-format value, as itself or as \xHH. */
+static inline char *
+kou_alog_put_byte(char *d, unsigned char c)
+{
+    static const char hex[] = "0123456789ABCDEF";
+
+    if (kou_alog_escape[c]) {
+        d[0] = '\\';
+        d[1] = 'x';
+        d[2] = hex[c >> 4];
+        d[3] = hex[c & 0xf];
+        return d + 4;
+    }
+    *d = (char) c;
+    return d + 1;
+}
+
+static char *
+kou_alog_put_text(char *d, kou_str_t s)
+{
+    const unsigned char *p = (const unsigned char *) s.p;
+    const unsigned char *end = p + s.n;
+
+    if (s.n == 0) {
+        *d++ = '-';
+        return d;
+    }
+    while (end - p >= 8) {
+        uint64_t x;
+
+        memcpy(&x, p, 8);
+        if (kou_alog_plain8(x)) {
+            memcpy(d, &x, 8);
+            d += 8;
+            p += 8;
+            continue;
+        }
+        for (const unsigned char *e = p + 8; p < e; p++) {
+            d = kou_alog_put_byte(d, *p);
+        }
+    }
+    for (; p < end; p++) {
+        d = kou_alog_put_byte(d, *p);
+    }
+    return d;
+}
+
+static char *
+kou_alog_put_u64(char *d, uint64_t v)
+{
+    char  buf[20];
+    char *p = buf + sizeof(buf);
+    size_t n;
+
+    do {
+        *--p = (char) ('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    n = (size_t) (buf + sizeof(buf) - p);
+    memcpy(d, p, n);
+    return d + n;
+}
+
+#define KOU_ALOG_PUT(d, lit) \
+    (memcpy((d), (lit), sizeof(lit) - 1), (d) + sizeof(lit) - 1)
+
+/*
+ * The common and combined formats, the ones most servers log, written
+ * straight into the buffer: the values are fetched first, so one check of
+ * the room covers the whole line (a value grows at most fourfold when
+ * escaped). Returns the line's length, or 0 when it might not fit, which
+ * sends the caller to the general, checked path.
+ */
+static size_t
+kou_alog_preset(kou_alog_t *al, char *buf, size_t room, kou_request_t *r,
+                const kou_request_info_t *info)
+{
+    const kou_host_t *host = kou_alog_host;
+    kou_str_t         addr = host->remote_addr(r), ref, ua;
+    char             *d = buf;
+    size_t            need;
+
+    need = 64 + al->tlocal_n + 4 * (addr.n + info->request_line.n);
+    if (al->preset == KOU_ALOG_PRESET_COMBINED) {
+        ref = kou_alog_header(r, KOU_STR("referer"));
+        ua = kou_alog_header(r, KOU_STR("user-agent"));
+        need += 8 + 4 * (ref.n + ua.n);
+    }
+    if (need > room) {
+        return 0;
+    }
+
+    d = kou_alog_put_text(d, addr);
+    d = KOU_ALOG_PUT(d, " - - [");
+    memcpy(d, al->tlocal, al->tlocal_n);
+    d += al->tlocal_n;
+    d = KOU_ALOG_PUT(d, "] \"");
+    d = kou_alog_put_text(d, info->request_line);
+    d = KOU_ALOG_PUT(d, "\" ");
+    d = kou_alog_put_u64(d, (uint64_t) (info->status > 0 ? info->status
+                                                         : 0));
+    *d++ = ' ';
+    d = kou_alog_put_u64(d, kou_alog_body_bytes(info));
+    if (al->preset == KOU_ALOG_PRESET_COMBINED) {
+        d = KOU_ALOG_PUT(d, " \"");
+        d = kou_alog_put_text(d, ref);
+        d = KOU_ALOG_PUT(d, "\" \"");
+        d = kou_alog_put_text(d, ua);
+        *d++ = '"';
+    }
+    *d++ = '\n';
+    return (size_t) (d - buf);
 }
 
 static void
@@ -926,6 +1130,16 @@ kou_alog_log(kou_request_t *r, void *state, void *route_state)
     (void) kou_alog_host->request_info(r, &info);
     kou_alog_clock(al, info.start_time);
 
+    if (al->preset == KOU_ALOG_PRESET_COMMON
+        || al->preset == KOU_ALOG_PRESET_COMBINED)
+    {
+        w.n = kou_alog_preset(al, al->buf + al->len, al->cap - al->len, r,
+                              &info);
+        if (w.n > 0) {
+            goto done;
+        }
+    }
+
     for (int attempt = 0; ; attempt++) {
         w.p = al->buf + al->len;
         w.n = 0;
@@ -954,6 +1168,7 @@ kou_alog_log(kou_request_t *r, void *state, void *route_state)
         }
     }
 
+done:
     al->len += w.n;
     if (al->len == al->cap) {
         kou_alog_flush(al);

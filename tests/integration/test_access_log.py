@@ -153,6 +153,7 @@ class FormatTest(AccessLogCase):
             self.assertEqual(doc["user_agent"], agent or "")
             self.assertEqual(doc["route"], "/hello")
             self.assertIsNone(doc["upstream_response_time"])
+            self.assertIsNone(doc["upstream_addr"])
             self.assertIsInstance(doc["request_time"], float)
             self.assertRegex(doc["time"],
                              r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d$")
@@ -174,6 +175,39 @@ class FormatTest(AccessLogCase):
         self.assertRegex(first[7], r"^\d+\.\d{3}$")
         self.assertEqual(lines[1].decode("ascii").split("|")[:5],
                          ["POST", "/hello", "405", "/hello", "-"])
+
+    def test_variables_without_upstream(self):
+        # no module set them: "-" like nginx, and null in JSON
+        self.serve(format="$status|$upstream_addr|$upstream_status|"
+                   "$upstream_response_time|$var_nosuch")
+        self.send()
+        self.assertEqual(self.wait_lines(1)[0], b"200|-|-|-|-")
+
+    def test_every_header_byte_escaped_alike(self):
+        # every byte a field value may hold, at every offset in a word:
+        # the combined preset (unchecked fast path) and a format string
+        # (checked path) must escape them the same way
+        agent = bytes(range(0x21, 0x7f)) + b"\t" + bytes(range(0x80, 0x100))
+        expect = "".join(chr(b) if 0x20 <= b < 0x7f and b not in b'"\\'
+                         else "\\x%02X" % b for b in agent)
+        for fmt in ("combined", "$http_user_agent"):
+            self.serve(format=fmt)
+            for shift in range(9):
+                ua = b"a" * shift + agent
+                raw = (b"GET /hello HTTP/1.1\r\nHost: x\r\nUser-Agent: "
+                       + ua + b"\r\n\r\n")
+                with self.server.client() as c:
+                    c.send(raw)
+                    self.assertStatus(c.read_response(), 200)
+            lines = self.wait_lines(9)
+            for shift, line in enumerate(lines):
+                text = line.decode("ascii")
+                if fmt == "combined":
+                    m = COMBINED_RE.match(text)
+                    self.assertIsNotNone(m, text)
+                    text = m.group("agent")
+                self.assertEqual(text, "a" * shift + expect, fmt)
+            self.server.kill()
 
     def test_bad_formats_refused(self):
         for fmt, pattern in (("$nosuch", r"unknown variable \$nosuch"),
