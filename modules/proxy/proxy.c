@@ -37,6 +37,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -61,8 +62,43 @@
 #define KOU_PROXY_STALE_MAX   8            /* replays after stale conns */
 #define KOU_PROXY_HASH_TRIES  20
 #define KOU_PROXY_PEEK_AFTER  1000         /* ms idle before a MSG_PEEK */
+#define KOU_PROXY_TRIES       4            /* attempt records in a ctx */
+#define KOU_PROXY_ADDR_MAX    120          /* peer address as text */
+
+/* The read buffer carries the response's field array after its bytes. */
+#define KOU_PROXY_BUF_ALLOC \
+    (KOU_PROXY_BUF + KOU_PROXY_MAX_FIELDS * sizeof(kou_header_t))
+
+/*
+ * Shared statistics (kourier_upstream_* series): one registry entry per
+ * (route, upstream) and, per statistics slot, KOU_PS_W counters for each.
+ */
+#define KOU_PROXY_NAME_MAX    240          /* route + upstream, bytes */
+#define KOU_PS_REQ            0            /* 5: responses by class */
+#define KOU_PS_FAIL           5            /* 4: failures by reason */
+#define KOU_PS_BUCKET         9            /* 12: histogram, last +Inf */
+#define KOU_PS_SUM            21           /* ms */
+#define KOU_PS_ACTIVE         22           /* gauge */
+#define KOU_PS_IDLE           23           /* gauge */
+#define KOU_PS_DOWN           24           /* down until (ms, monotonic) */
+#define KOU_PS_W              32
+#define KOU_PS_NBOUNDS        11
+#define KOU_PS_CLAIMED        (UINT64_C(1) << 63)
+#define KOU_PS_READY          (UINT64_C(1) << 62)
+#define KOU_PS_HMASK          (KOU_PS_READY - 1)
+
+/* Failure reasons of kourier_upstream_failures_total. */
+#define KOU_PR_CONNECT        0
+#define KOU_PR_TIMEOUT        1
+#define KOU_PR_INVALID        2
+#define KOU_PR_CLOSED         3
+#define KOU_PR_NONE           -1
 
 #define kou_proxy_min(a, b) ((a) < (b) ? (a) : (b))
+
+/* Is field f of the host table there (a server older than this header)? */
+#define KOU_HOST_HAS(h, f) \
+    ((h)->size >= offsetof(kou_host_t, f) + sizeof((h)->f))
 
 typedef enum {
     KOU_PROXY_RR = 0,
@@ -104,7 +140,14 @@ struct kou_proxy_uconn_s {
     kou_proxy_peer_t  *peer;
     kou_proxy_ctx_t   *ctx;         /* the request using it, NULL idle */
     kou_io_t          *io;
-    kou_htimer_t      *idle_timer;
+    /*
+     * One timer per connection serves every deadline it has: connect,
+     * send, read while a request uses it, the keep-alive timeout while it
+     * is idle. It is re-armed only when it fires or when a nearer
+     * deadline appears, so a pooled request costs no timer call.
+     */
+    kou_htimer_t      *timer;
+    uint64_t           timer_due;
     int                fd;
     uint64_t           requests;    /* requests sent on it */
     uint64_t           idle_since;  /* ms, when it went to the pool */
@@ -112,7 +155,9 @@ struct kou_proxy_uconn_s {
 
 struct kou_proxy_peer_s {
     char                   *name;       /* as configured: Host, logs */
-    char                    text[64];   /* the address, for logs */
+    size_t                  name_len;
+    char                    text[KOU_PROXY_ADDR_MAX];  /* the address */
+    size_t                  text_len;
     struct sockaddr_storage addr;
     socklen_t               addrlen;
     int64_t                 weight;
@@ -131,11 +176,13 @@ struct kou_proxy_peer_s {
     kou_proxy_uconn_t      *idle_tail;
     uint64_t                nidle;
     kou_proxy_route_t      *pr;
+    uint64_t               *st;         /* this slot's counters, or NULL */
 };
 
 struct kou_proxy_route_s {
     kou_proxy_route_t  *next;        /* the module's list (worker_exit) */
     kou_proxy_module_t *m;
+    kou_str_t           name;        /* the route's path, for metrics */
     kou_proxy_peer_t   *peers;       /* primaries first, then backups */
     size_t              npeers;
     size_t              nprimary;
@@ -147,6 +194,7 @@ struct kou_proxy_route_s {
     uint64_t            keepalive_timeout;
     int64_t             keepalive_requests;
     uint64_t            connect_timeout;
+    uint64_t            tick;            /* the shortest timeout, >= 1 */
     uint64_t            send_timeout;
     uint64_t            read_timeout;
     int64_t             retries;
@@ -161,9 +209,34 @@ struct kou_proxy_route_s {
     size_t              nremove;
 };
 
+/* A (route, upstream) entry of the shared registry: 256 bytes. */
+typedef struct {
+    uint64_t state;                  /* CLAIMED | READY | hash */
+    uint32_t route_len;
+    uint32_t addr_len;
+    char     name[KOU_PROXY_NAME_MAX];   /* route, then upstream */
+} kou_proxy_sent_t;
+
 struct kou_proxy_module_s {
     kou_proxy_route_t *routes;
+    uint32_t           max_upstreams;
+
+    /* the shared block, NULL until worker_init found it */
+    kou_proxy_sent_t  *ents;
+    uint64_t          *rows;         /* nslots rows of max_upstreams */
+    int                nslots;
+    unsigned char     *configured;   /* entries this config uses */
 };
+
+/* One attempt of a request, for the upstream_* variables. */
+typedef struct {
+    kou_proxy_peer_t *peer;
+    uint64_t          start;         /* ms */
+    int64_t           connect;       /* ms after start, -1: not connected */
+    int64_t           header;        /* ms after start, -1: no head */
+    int64_t           end;           /* ms after start, -1: going on */
+    int               status;        /* 0: none yet */
+} kou_proxy_try_t;
 
 /* A free read buffer (per worker). */
 struct kou_proxy_fbuf_s {
@@ -177,14 +250,16 @@ struct kou_proxy_ctx_s {
     kou_proxy_peer_t   *peer;        /* of the current attempt */
     kou_proxy_uconn_t  *uc;          /* of the current attempt */
     unsigned char      *tried;       /* per peer */
-    kou_htimer_t       *timer;
-    uint64_t            timer_due;
     uint64_t            start_ms;
     uint64_t            connect_start;
     uint64_t            last_read;
     uint64_t            last_write;
     unsigned            attempts;    /* counted against retries */
     unsigned            stale;       /* replays after stale connections */
+    kou_proxy_try_t    *tries;       /* attempt records */
+    unsigned            ntries;
+    unsigned            maxtries;
+    kou_proxy_try_t     try0[KOU_PROXY_TRIES];
 
     /* the request going up */
     kou_str_t           method;
@@ -228,6 +303,7 @@ struct kou_proxy_ctx_s {
     unsigned            dead:1;          /* the request has ended */
     unsigned            upgrade_req:1;   /* asked the upstream to upgrade */
     unsigned            tunnel:1;        /* switched protocols */
+    unsigned            replay:1;        /* next attempt replays a stale one */
 };
 
 static const kou_host_t *kou_proxy_host;
@@ -236,6 +312,7 @@ static unsigned          kou_proxy_nfree;
 static int               kou_proxy_exiting;
 
 static void kou_proxy_io(kou_io_t *io, int fd, unsigned events, void *arg);
+static void kou_proxy_uc_timer(void *arg);
 static void kou_proxy_next(kou_proxy_ctx_t *ctx);
 static void kou_proxy_read(kou_proxy_ctx_t *ctx);
 static void kou_proxy_timer_set(kou_proxy_ctx_t *ctx);
@@ -248,18 +325,56 @@ static const kou_header_t kou_proxy_text[] = {
 
 /* ---- small helpers ---- */
 
-static int
-kou_proxy_eq(kou_str_t a, const char *lc)
+/* s[0..n) equals lc (lowercase), ignoring ASCII case. */
+static inline int
+kou_proxy_lc(const char *s, const char *lc, size_t n)
 {
-    size_t n = strlen(lc);
+    for (size_t i = 0; i < n; i++) {
+        unsigned c = (unsigned char) s[i];
 
-    return a.n == n && strncasecmp(a.p, lc, n) == 0;
+        c += (unsigned) (c - 'A' < 26u) << 5;   /* A-Z to a-z */
+        if (c != (unsigned char) lc[i]) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
+#define kou_proxy_eq(a, lit) \
+    ((a).n == sizeof(lit) - 1 && kou_proxy_lc((a).p, (lit), sizeof(lit) - 1))
+
+/* Two field names equal ignoring ASCII case. */
 static int
 kou_proxy_eq_str(kou_str_t a, kou_str_t b)
 {
-    return a.n == b.n && strncasecmp(a.p, b.p, a.n) == 0;
+    if (a.n != b.n) {
+        return 0;
+    }
+    for (size_t i = 0; i < a.n; i++) {
+        unsigned x = (unsigned char) a.p[i], y = (unsigned char) b.p[i];
+
+        x += (unsigned) (x - 'A' < 26u) << 5;
+        y += (unsigned) (y - 'A' < 26u) << 5;
+        if (x != y) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/*
+ * Add d to counter f of the peer's shared statistics. Only this worker
+ * writes its slot's row: a relaxed load and store, no locked instruction.
+ */
+static inline void
+kou_proxy_stat(const kou_proxy_peer_t *peer, unsigned f, int64_t d)
+{
+    uint64_t *v = peer->st;
+
+    if (v != NULL) {
+        __atomic_store_n(&v[f], __atomic_load_n(&v[f], __ATOMIC_RELAXED)
+                                    + (uint64_t) d, __ATOMIC_RELAXED);
+    }
 }
 
 /* Next element of a comma-separated list; 0 at the end. */
@@ -293,46 +408,127 @@ kou_proxy_list_next(kou_str_t v, size_t *at, kou_str_t *el)
     }
 }
 
+/*
+ * A field name (a token, as both parsers guarantee) equals the literal lc
+ * of lowercase letters and '-', ignoring case: compared a word at a time
+ * after OR-ing 0x20 into every byte, which folds A-Z onto a-z and maps no
+ * other token byte onto a letter or '-'. n is a constant once inlined, so
+ * each call is a few loads and compares.
+ */
+static inline __attribute__((always_inline)) int
+kou_proxy_tok(const char *p, const char *lc, size_t n)
+{
+    uint64_t a, b, c, d;
+    uint32_t x, y, u, v;
+    uint16_t h, k;
+
+    if (n >= 8) {
+        for (size_t off = 0; off + 8 <= n; off += 8) {
+            memcpy(&a, p + off, 8);
+            memcpy(&b, lc + off, 8);
+            if ((a | UINT64_C(0x2020202020202020)) != b) {
+                return 0;
+            }
+        }
+        memcpy(&c, p + n - 8, 8);
+        memcpy(&d, lc + n - 8, 8);
+        return (c | UINT64_C(0x2020202020202020)) == d;
+    }
+    if (n >= 4) {
+        memcpy(&x, p, 4);
+        memcpy(&y, lc, 4);
+        memcpy(&u, p + n - 4, 4);
+        memcpy(&v, lc + n - 4, 4);
+        return (x | 0x20202020u) == y && (u | 0x20202020u) == v;
+    }
+    memcpy(&h, p, 2);
+    memcpy(&k, lc, 2);
+    return (uint16_t) (h | 0x2020u) == k
+           && (n < 3
+               || ((unsigned char) p[2] | 0x20) == (unsigned char) lc[2]);
+}
+
+/*
+ * What a field name means to the proxy. One switch on the length and at
+ * most two word comparisons per field: the head of every request and
+ * response goes through it.
+ */
+typedef enum {
+    KOU_FN_OTHER = 0,
+    KOU_FN_HOP,              /* hop-by-hop (RFC 9110 section 7.6.1) */
+    KOU_FN_CONNECTION,       /* hop-by-hop, and names more */
+    KOU_FN_UPGRADE,          /* hop-by-hop unless tunnelling */
+    KOU_FN_HOST,
+    KOU_FN_CONTENT_LENGTH,
+    KOU_FN_EXPECT,
+    KOU_FN_XFF,
+    KOU_FN_XFP,
+    KOU_FN_XFH,
+    KOU_FN_VIA,
+    KOU_FN_SERVER,
+    KOU_FN_DATE
+} kou_proxy_fname_e;
+
+static kou_proxy_fname_e
+kou_proxy_fname(kou_str_t n)
+{
+    const char *p = n.p;
+
+    switch (n.n) {
+    case 2:
+        return kou_proxy_tok(p, "te", 2) ? KOU_FN_HOP : KOU_FN_OTHER;
+    case 3:
+        return kou_proxy_tok(p, "via", 3) ? KOU_FN_VIA : KOU_FN_OTHER;
+    case 4:
+        if (kou_proxy_tok(p, "host", 4)) {
+            return KOU_FN_HOST;
+        }
+        return kou_proxy_tok(p, "date", 4) ? KOU_FN_DATE : KOU_FN_OTHER;
+    case 6:
+        if (kou_proxy_tok(p, "expect", 6)) {
+            return KOU_FN_EXPECT;
+        }
+        return kou_proxy_tok(p, "server", 6) ? KOU_FN_SERVER : KOU_FN_OTHER;
+    case 7:
+        if (kou_proxy_tok(p, "upgrade", 7)) {
+            return KOU_FN_UPGRADE;
+        }
+        return kou_proxy_tok(p, "trailer", 7) ? KOU_FN_HOP : KOU_FN_OTHER;
+    case 10:
+        if (kou_proxy_tok(p, "connection", 10)) {
+            return KOU_FN_CONNECTION;
+        }
+        return kou_proxy_tok(p, "keep-alive", 10) ? KOU_FN_HOP : KOU_FN_OTHER;
+    case 14:
+        return kou_proxy_tok(p, "content-length", 14) ? KOU_FN_CONTENT_LENGTH
+                                                     : KOU_FN_OTHER;
+    case 15:
+        return kou_proxy_tok(p, "x-forwarded-for", 15) ? KOU_FN_XFF
+                                                      : KOU_FN_OTHER;
+    case 16:
+        if (kou_proxy_tok(p, "proxy-connection", 16)) {
+            return KOU_FN_HOP;
+        }
+        return kou_proxy_tok(p, "x-forwarded-host", 16) ? KOU_FN_XFH
+                                                       : KOU_FN_OTHER;
+    case 17:
+        if (kou_proxy_tok(p, "transfer-encoding", 17)) {
+            return KOU_FN_HOP;
+        }
+        return kou_proxy_tok(p, "x-forwarded-proto", 17) ? KOU_FN_XFP
+                                                        : KOU_FN_OTHER;
+    default:
+        return KOU_FN_OTHER;
+    }
+}
+
 /* The fields RFC 9110 section 7.6.1 says a proxy must not forward. */
 static int
 kou_proxy_hop_by_hop(kou_str_t name)
 {
-    static const char *const hop[] = {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer",
-        "transfer-encoding", "upgrade", NULL
-    };
+    kou_proxy_fname_e k = kou_proxy_fname(name);
 
-    for (size_t i = 0; hop[i] != NULL; i++) {
-        if (kou_proxy_eq(name, hop[i])) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/*
- * Collect the field names listed by Connection fields: they are hop-by-hop
- * too. Returns how many (at most max; more are not remembered, which only
- * means a proxy that names more than 16 fields has the rest forwarded).
- */
-static size_t
-kou_proxy_conn_tokens(const kou_header_t *h, size_t n, kou_str_t *out,
-                      size_t max)
-{
-    size_t k = 0;
-
-    for (size_t i = 0; i < n; i++) {
-        kou_str_t el;
-        size_t    at = 0;
-
-        if (!kou_proxy_eq(h[i].name, "connection")) {
-            continue;
-        }
-        while (k < max && kou_proxy_list_next(h[i].value, &at, &el)) {
-            out[k++] = el;
-        }
-    }
-    return k;
+    return k == KOU_FN_HOP || k == KOU_FN_CONNECTION || k == KOU_FN_UPGRADE;
 }
 
 static int
@@ -395,7 +591,7 @@ kou_proxy_buf_get(void)
         kou_proxy_nfree--;
         return (char *) b;
     }
-    return malloc(KOU_PROXY_BUF);
+    return malloc(KOU_PROXY_BUF_ALLOC);
 }
 
 static void
@@ -434,8 +630,8 @@ kou_proxy_uconn_close(kou_proxy_uconn_t *uc)
 {
     const kou_host_t *host = kou_proxy_host;
 
-    if (uc->idle_timer != NULL) {
-        host->timer_del(uc->idle_timer);
+    if (uc->timer != NULL) {
+        host->timer_del(uc->timer);
     }
     if (uc->io != NULL) {
         host->io_del(uc->io);
@@ -461,20 +657,30 @@ kou_proxy_pool_unlink(kou_proxy_uconn_t *uc)
     }
     uc->next = uc->prev = NULL;
     peer->nidle--;
-    if (uc->idle_timer != NULL) {
-        kou_proxy_host->timer_del(uc->idle_timer);
-        uc->idle_timer = NULL;
-    }
+    kou_proxy_stat(peer, KOU_PS_IDLE, -1);
 }
 
-static void
-kou_proxy_idle_expire(void *arg)
+/*
+ * Make the connection's timer fire by `due` (ms of the loop clock). A
+ * timer already due earlier is kept: it re-evaluates when it fires.
+ * KOU_OK, or KOU_ERROR when out of memory.
+ */
+static int
+kou_proxy_uc_arm(kou_proxy_uconn_t *uc, uint64_t due)
 {
-    kou_proxy_uconn_t *uc = arg;
+    const kou_host_t *host = kou_proxy_host;
+    uint64_t          now = host->now_ms();
 
-    uc->idle_timer = NULL;   /* freed by the server once fired */
-    kou_proxy_pool_unlink(uc);
-    kou_proxy_uconn_close(uc);
+    if (uc->timer != NULL) {
+        if (uc->timer_due <= due) {
+            return KOU_OK;
+        }
+        host->timer_del(uc->timer);
+    }
+    uc->timer = host->timer_add(due > now ? due - now : 0,
+                                kou_proxy_uc_timer, uc);
+    uc->timer_due = due;
+    return uc->timer != NULL ? KOU_OK : KOU_ERROR;
 }
 
 /*
@@ -504,13 +710,13 @@ kou_proxy_pool_put(kou_proxy_uconn_t *uc)
         kou_proxy_pool_unlink(old);
         kou_proxy_uconn_close(old);
     }
-    uc->idle_timer = kou_proxy_host->timer_add(pr->keepalive_timeout,
-                                               kou_proxy_idle_expire, uc);
-    if (uc->idle_timer == NULL) {
+    uc->idle_since = kou_proxy_host->now_ms();
+    if (kou_proxy_uc_arm(uc, uc->idle_since + pr->keepalive_timeout)
+        != KOU_OK)
+    {
         kou_proxy_uconn_close(uc);
         return;
     }
-    uc->idle_since = kou_proxy_host->now_ms();
     uc->prev = NULL;
     uc->next = peer->idle;
     if (peer->idle != NULL) {
@@ -520,6 +726,7 @@ kou_proxy_pool_put(kou_proxy_uconn_t *uc)
     }
     peer->idle = uc;
     peer->nidle++;
+    kou_proxy_stat(peer, KOU_PS_IDLE, 1);
 }
 
 /*
@@ -599,6 +806,10 @@ kou_proxy_peer_failed(kou_proxy_peer_t *peer)
     if (++peer->fails >= (uint64_t) peer->max_fails) {
         peer->fails = 0;
         peer->down_until = now + peer->fail_timeout;
+        if (peer->st != NULL) {
+            __atomic_store_n(&peer->st[KOU_PS_DOWN], peer->down_until,
+                             __ATOMIC_RELAXED);
+        }
         kou_proxy_host->log(KOU_LOG_WARN,
                             "proxy: upstream %s (%s) is down for %llu ms "
                             "after %lld failure(s)", peer->name, peer->text,
@@ -801,10 +1012,37 @@ kou_proxy_origin_target(kou_str_t t)
     return (kou_str_t){ s, (size_t) (end - s) };
 }
 
+/* Decimal digits of v at p; returns the end. */
+static char *
+kou_proxy_put_u64(char *p, uint64_t v)
+{
+    char  tmp[20];
+    char *t = tmp + sizeof(tmp);
+
+    do {
+        *--t = (char) ('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return kou_proxy_put(p, t, (size_t) (tmp + sizeof(tmp) - t));
+}
+
+/* Per field of the request: keep it, or why not (kou_proxy_build_head). */
+#define KOU_RF_KEEP 0
+#define KOU_RF_DROP 1
+#define KOU_RF_XFF  2
+#define KOU_RF_VIA  3
+#define KOU_RF_UPG  4
+
 /*
  * Serialise the head sent to `peer` into request memory: request line in
  * origin form, Host (the peer's or the client's), the client's end-to-end
  * fields, X-Forwarded-For/-Proto/-Host, Via, set_headers, framing.
+ *
+ * Two passes over the fields: the first classifies each one by name
+ * (kou_proxy_fname: a switch on the length), collects the names the
+ * Connection fields list and sizes the output; the second writes. The
+ * configured set_headers / remove_headers lists are only looked at when
+ * the route has them.
  */
 static int
 kou_proxy_build_head(kou_proxy_ctx_t *ctx, kou_proxy_peer_t *peer)
@@ -812,42 +1050,92 @@ kou_proxy_build_head(kou_proxy_ctx_t *ctx, kou_proxy_peer_t *peer)
     const kou_host_t  *host = kou_proxy_host;
     kou_proxy_route_t *pr = ctx->pr;
     kou_request_t     *r = ctx->r;
-    kou_str_t          target = kou_proxy_origin_target(host->target(r));
+    kou_str_t          target_raw = host->target(r);
+    kou_str_t          target = kou_proxy_origin_target(target_raw);
     kou_str_t          addr = host->remote_addr(r);
     kou_str_t          tokens[KOU_PROXY_CONN_TOKENS];
-    kou_header_t      *hs;
-    kou_str_t          client_host = { "", 0 }, host_value, target_raw;
-    size_t             nh = host->header_count(r), ntok, size;
+    kou_header_t      *hs, hs_local[32];
+    unsigned char     *cls, cls_local[32];
+    kou_str_t          client_host = { "", 0 }, host_value;
+    size_t             nh = host->header_count(r), ntok = 0, size;
+    size_t             nxff = 0, nvia = 0, nupg = 0;
     int64_t            cl = host->content_length(r);
-    char              *p, *start, num[24];
-    int                ver = host->version(r);
+    char              *p, *start;
+    int                have_host = 0, ver = host->version(r);
 
-    hs = host->palloc(r, (nh + 1) * sizeof(kou_header_t));
-    if (hs == NULL) {
-        return KOU_ERROR;
+    if (nh <= 32) {
+        hs = hs_local;
+        cls = cls_local;
+    } else {
+        hs = host->palloc(r, nh * (sizeof(kou_header_t) + 1));
+        if (hs == NULL) {
+            return KOU_ERROR;
+        }
+        cls = (unsigned char *) (hs + nh);
     }
-    size = ctx->method.n + target.n + 64 + strlen(peer->name) + addr.n
-           + 200;
+
+    /* 256: the fixed text around the values, about 180 bytes at most */
+    size = ctx->method.n + target.n + peer->name_len + addr.n + 256;
     for (size_t i = 0; i < nh; i++) {
-        (void) host->header_at(r, i, &hs[i]);
-        /* twice: an Upgrade value may be written again as ours */
-        size += 2 * (hs[i].name.n + hs[i].value.n + 4);
+        kou_header_t *h = &hs[i];
+        unsigned      c = KOU_RF_DROP;
+
+        (void) host->header_at(r, i, h);
+        size += h->name.n + h->value.n + 4;
+        switch (kou_proxy_fname(h->name)) {
+        case KOU_FN_OTHER:
+        case KOU_FN_SERVER:
+        case KOU_FN_DATE:
+            c = KOU_RF_KEEP;
+            break;
+        case KOU_FN_HOST:
+            if (!have_host) {
+                client_host = h->value;
+                have_host = 1;
+            }
+            break;
+        case KOU_FN_XFF:
+            c = KOU_RF_XFF;
+            nxff++;
+            break;
+        case KOU_FN_VIA:
+            c = KOU_RF_VIA;
+            nvia++;
+            break;
+        case KOU_FN_UPGRADE:
+            c = KOU_RF_UPG;
+            nupg++;
+            break;
+        case KOU_FN_CONNECTION: {
+            size_t    at = 0;
+            kou_str_t el;
+
+            while (ntok < KOU_PROXY_CONN_TOKENS
+                   && kou_proxy_list_next(h->value, &at, &el))
+            {
+                tokens[ntok++] = el;
+            }
+            break;
+        }
+        case KOU_FN_CONTENT_LENGTH:
+            ctx->req_cl = 1;   /* "Content-Length: 0" is sent on too */
+            break;
+        default:
+            break;   /* hop-by-hop, Expect, X-Forwarded-Proto/Host */
+        }
+        cls[i] = (unsigned char) c;
     }
-    for (size_t i = 0; i < pr->nset; i++) {
-        size += pr->set_headers[i].name.n + pr->set_headers[i].value.n + 4;
-    }
-    ntok = kou_proxy_conn_tokens(hs, nh, tokens, KOU_PROXY_CONN_TOKENS);
-    target_raw = host->target(r);
-    if ((target_raw.n > 0 && target_raw.p[0] != '/')
-        || host->header(r, KOU_STR("Host"), 0, &client_host) != KOU_OK)
-    {
+    if ((target_raw.n > 0 && target_raw.p[0] != '/') || !have_host) {
         /* absolute form: the target's authority is the host (RFC 9112) */
         client_host = host->host(r);
     }
     host_value = pr->preserve_host && client_host.n > 0
                      ? client_host
-                     : (kou_str_t){ peer->name, strlen(peer->name) };
+                     : (kou_str_t){ peer->name, peer->name_len };
     size += host_value.n + client_host.n;
+    for (size_t i = 0; i < pr->nset; i++) {
+        size += pr->set_headers[i].name.n + pr->set_headers[i].value.n + 4;
+    }
 
     start = p = host->palloc(r, size);
     if (p == NULL) {
@@ -866,48 +1154,48 @@ kou_proxy_build_head(kou_proxy_ctx_t *ctx, kou_proxy_peer_t *peer)
     for (size_t i = 0; i < nh; i++) {
         kou_str_t n = hs[i].name;
 
-        if (kou_proxy_hop_by_hop(n) || kou_proxy_in(n, tokens, ntok)
-            || kou_proxy_eq(n, "host") || kou_proxy_eq(n, "content-length")
-            || kou_proxy_eq(n, "expect")
-            || kou_proxy_eq(n, "x-forwarded-proto")
-            || kou_proxy_eq(n, "x-forwarded-host")
-            || kou_proxy_eq(n, "x-forwarded-for") || kou_proxy_eq(n, "via")
-            || kou_proxy_in(n, pr->remove_headers, pr->nremove))
+        if (cls[i] != KOU_RF_KEEP
+            || (ntok > 0 && kou_proxy_in(n, tokens, ntok))
+            || (pr->nremove > 0
+                && kou_proxy_in(n, pr->remove_headers, pr->nremove)))
         {
             continue;
         }
-        for (size_t k = 0; k < pr->nset; k++) {
-            if (kou_proxy_eq_str(n, pr->set_headers[k].name)) {
-                goto skip;
+        if (pr->nset > 0) {
+            size_t k;
+
+            for (k = 0; k < pr->nset; k++) {
+                if (kou_proxy_eq_str(n, pr->set_headers[k].name)) {
+                    break;
+                }
+            }
+            if (k < pr->nset) {
+                continue;
             }
         }
         p = kou_proxy_put_field(p, n, hs[i].value);
-    skip:;
     }
 
     /* X-Forwarded-For and Via: the chain so far, then this hop */
     p = kou_proxy_put_lit(p, "X-Forwarded-For: ");
-    for (size_t i = 0; i < nh; i++) {
-        if (kou_proxy_eq(hs[i].name, "x-forwarded-for")
-            && hs[i].value.n > 0)
-        {
+    for (size_t i = 0; nxff > 0 && i < nh; i++) {
+        if (cls[i] == KOU_RF_XFF && hs[i].value.n > 0) {
             p = kou_proxy_put(p, hs[i].value.p, hs[i].value.n);
             p = kou_proxy_put_lit(p, ", ");
         }
     }
     p = kou_proxy_put(p, addr.p, addr.n);
-    p = kou_proxy_put_lit(p, "\r\nX-Forwarded-Proto: ");
     if (host->is_tls(r)) {
-        p = kou_proxy_put_lit(p, "https\r\n");
+        p = kou_proxy_put_lit(p, "\r\nX-Forwarded-Proto: https\r\n");
     } else {
-        p = kou_proxy_put_lit(p, "http\r\n");
+        p = kou_proxy_put_lit(p, "\r\nX-Forwarded-Proto: http\r\n");
     }
     if (client_host.n > 0) {
         p = kou_proxy_put_field(p, KOU_STR("X-Forwarded-Host"), client_host);
     }
     p = kou_proxy_put_lit(p, "Via: ");
-    for (size_t i = 0; i < nh; i++) {
-        if (kou_proxy_eq(hs[i].name, "via") && hs[i].value.n > 0) {
+    for (size_t i = 0; nvia > 0 && i < nh; i++) {
+        if (cls[i] == KOU_RF_VIA && hs[i].value.n > 0) {
             p = kou_proxy_put(p, hs[i].value.p, hs[i].value.n);
             p = kou_proxy_put_lit(p, ", ");
         }
@@ -924,17 +1212,15 @@ kou_proxy_build_head(kou_proxy_ctx_t *ctx, kou_proxy_peer_t *peer)
     if (ctx->req_chunked) {
         p = kou_proxy_put_lit(p, "Transfer-Encoding: chunked\r\n");
     } else if (cl > 0 || ctx->req_cl) {
-        int n = snprintf(num, sizeof(num), "%lld", (long long) cl);
-
         p = kou_proxy_put_lit(p, "Content-Length: ");
-        p = kou_proxy_put(p, num, (size_t) n);
+        p = kou_proxy_put_u64(p, (uint64_t) (cl > 0 ? cl : 0));
         p = kou_proxy_put_lit(p, "\r\n");
     }
     if (ctx->upgrade_req) {
         /* the one hop-by-hop request this proxy passes on, by choice */
         p = kou_proxy_put_lit(p, "Connection: upgrade\r\nUpgrade: ");
-        for (size_t i = 0, k = 0; i < nh; i++) {
-            if (kou_proxy_eq(hs[i].name, "upgrade")) {
+        for (size_t i = 0, k = 0; nupg > 0 && i < nh; i++) {
+            if (cls[i] == KOU_RF_UPG) {
                 if (k++ > 0) {
                     p = kou_proxy_put_lit(p, ", ");
                 }
@@ -953,16 +1239,218 @@ kou_proxy_build_head(kou_proxy_ctx_t *ctx, kou_proxy_peer_t *peer)
     return KOU_OK;
 }
 
-/* ---- ending a request ---- */
+/* ---- attempts: the upstream_* variables and the statistics ---- */
+
+static const uint64_t kou_proxy_bounds_ms[KOU_PS_NBOUNDS] = {
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000
+};
+
+static kou_proxy_try_t *
+kou_proxy_try_cur(kou_proxy_ctx_t *ctx)
+{
+    return ctx->ntries > 0 ? &ctx->tries[ctx->ntries - 1] : NULL;
+}
+
+/*
+ * A new attempt on `peer`. A replay after a stale pooled connection is
+ * the same attempt carried on over a fresh connection: it is not listed
+ * twice, and its times count from the first try.
+ */
+static void
+kou_proxy_try_begin(kou_proxy_ctx_t *ctx, kou_proxy_peer_t *peer)
+{
+    kou_proxy_try_t *t;
+
+    if (ctx->replay && ctx->ntries > 0) {
+        ctx->replay = 0;
+        t = &ctx->tries[ctx->ntries - 1];
+    } else {
+        if (ctx->ntries == ctx->maxtries) {
+            kou_proxy_try_t *nt = kou_proxy_host->palloc(
+                ctx->r, 2 * ctx->maxtries * sizeof(kou_proxy_try_t));
+
+            if (nt != NULL) {
+                memcpy(nt, ctx->tries, ctx->ntries * sizeof(*nt));
+                ctx->tries = nt;
+                ctx->maxtries *= 2;
+            } else {
+                ctx->ntries--;   /* out of memory: the last one is lost */
+            }
+        }
+        t = &ctx->tries[ctx->ntries++];
+        t->start = kou_proxy_host->now_ms();
+    }
+    t->peer = peer;
+    t->connect = t->header = t->end = -1;
+    t->status = 0;
+}
 
 static void
-kou_proxy_timer_stop(kou_proxy_ctx_t *ctx)
+kou_proxy_try_connected(kou_proxy_ctx_t *ctx)
 {
-    if (ctx->timer != NULL) {
-        kou_proxy_host->timer_del(ctx->timer);
-        ctx->timer = NULL;
+    kou_proxy_try_t *t = kou_proxy_try_cur(ctx);
+
+    if (t != NULL) {
+        t->connect = (int64_t) (kou_proxy_host->now_ms() - t->start);
     }
 }
+
+/* The upstream's response head has come. */
+static void
+kou_proxy_try_header(kou_proxy_ctx_t *ctx, int status)
+{
+    kou_proxy_try_t *t = kou_proxy_try_cur(ctx);
+
+    if (t == NULL) {
+        return;
+    }
+    t->header = (int64_t) (kou_proxy_host->now_ms() - t->start);
+    t->status = status;
+    if (status >= 100 && status <= 599) {
+        kou_proxy_stat(t->peer, KOU_PS_REQ + (unsigned) (status / 100 - 1),
+                       1);
+    }
+}
+
+/*
+ * The attempt is over: `reason` is a KOU_PR_* failure (or KOU_PR_NONE),
+ * `status` what it gives the client when the upstream sent none. A
+ * response head received is timed into the histogram, once.
+ */
+static void
+kou_proxy_try_end(kou_proxy_ctx_t *ctx, int reason, int status)
+{
+    kou_proxy_try_t *t = kou_proxy_try_cur(ctx);
+    uint64_t         ms;
+    unsigned         b;
+
+    if (t == NULL || t->end >= 0) {
+        return;
+    }
+    ms = kou_proxy_host->now_ms() - t->start;
+    t->end = (int64_t) ms;
+    if (t->status == 0) {
+        t->status = status;
+    }
+    if (reason != KOU_PR_NONE) {
+        kou_proxy_stat(t->peer, KOU_PS_FAIL + (unsigned) reason, 1);
+    }
+    if (t->header >= 0) {
+        for (b = 0; b < KOU_PS_NBOUNDS && ms > kou_proxy_bounds_ms[b]; b++) {
+            /* the first bucket that holds it */
+        }
+        kou_proxy_stat(t->peer, KOU_PS_BUCKET + b, 1);
+        kou_proxy_stat(t->peer, KOU_PS_SUM, (int64_t) ms);
+    }
+}
+
+/* Milliseconds as seconds with three decimals: "0.012". */
+static char *
+kou_proxy_put_ms(char *p, int64_t ms)
+{
+    if (ms < 0) {
+        *p++ = '-';
+        return p;
+    }
+    p = kou_proxy_put_u64(p, (uint64_t) ms / 1000);
+    *p++ = '.';
+    *p++ = (char) ('0' + ms / 100 % 10);
+    *p++ = (char) ('0' + ms / 10 % 10);
+    *p++ = (char) ('0' + ms % 10);
+    return p;
+}
+
+/*
+ * Publish the attempts as request variables for log hooks, one value per
+ * attempt joined by ", " as nginx does: upstream_addr, upstream_status,
+ * upstream_connect_time, upstream_header_time, upstream_response_time
+ * ("-" where an attempt has no such value). Called before the request
+ * completes (log hooks run at completion); an attempt still going on (a
+ * tunnel) shows its time so far.
+ */
+static void
+kou_proxy_vars(kou_proxy_ctx_t *ctx)
+{
+    static const kou_str_t names[5] = {
+        KOU_STR_INIT("upstream_addr"), KOU_STR_INIT("upstream_status"),
+        KOU_STR_INIT("upstream_connect_time"),
+        KOU_STR_INIT("upstream_header_time"),
+        KOU_STR_INIT("upstream_response_time")
+    };
+    const kou_host_t *host = kou_proxy_host;
+    char              buf[1024], *p;
+    uint64_t          now = host->now_ms();
+
+    if (ctx->ntries == 0 || !KOU_HOST_HAS(host, var_set)) {
+        return;
+    }
+    if (ctx->ntries == 1) {
+        /* the usual case, without the loops */
+        const kou_proxy_try_t *t = &ctx->tries[0];
+
+        (void) host->var_set(ctx->r, names[0],
+                             (kou_str_t){ t->peer->text, t->peer->text_len });
+        p = buf;
+        if (t->status > 0) {
+            p = kou_proxy_put_u64(p, (uint64_t) t->status);
+        } else {
+            *p++ = '-';
+        }
+        (void) host->var_set(ctx->r, names[1],
+                             (kou_str_t){ buf, (size_t) (p - buf) });
+        p = kou_proxy_put_ms(buf, t->connect);
+        (void) host->var_set(ctx->r, names[2],
+                             (kou_str_t){ buf, (size_t) (p - buf) });
+        p = kou_proxy_put_ms(buf, t->header);
+        (void) host->var_set(ctx->r, names[3],
+                             (kou_str_t){ buf, (size_t) (p - buf) });
+        p = kou_proxy_put_ms(buf, t->end >= 0 ? t->end
+                                              : (int64_t) (now - t->start));
+        (void) host->var_set(ctx->r, names[4],
+                             (kou_str_t){ buf, (size_t) (p - buf) });
+        return;
+    }
+    for (unsigned k = 0; k < 5; k++) {
+        p = buf;
+        for (unsigned i = 0; i < ctx->ntries; i++) {
+            const kou_proxy_try_t *t = &ctx->tries[i];
+
+            if ((size_t) (buf + sizeof(buf) - p) < KOU_PROXY_ADDR_MAX + 4) {
+                break;   /* a very long list is cut, never overflows */
+            }
+            if (i > 0) {
+                p = kou_proxy_put_lit(p, ", ");
+            }
+            switch (k) {
+            case 0:
+                p = kou_proxy_put(p, t->peer->text, t->peer->text_len);
+                break;
+            case 1:
+                if (t->status > 0) {
+                    p = kou_proxy_put_u64(p, (uint64_t) t->status);
+                } else {
+                    *p++ = '-';
+                }
+                break;
+            case 2:
+                p = kou_proxy_put_ms(p, t->connect);
+                break;
+            case 3:
+                p = kou_proxy_put_ms(p, t->header);
+                break;
+            default:
+                p = kou_proxy_put_ms(p, t->end >= 0
+                                            ? t->end
+                                            : (int64_t) (now - t->start));
+                break;
+            }
+        }
+        (void) host->var_set(ctx->r, names[k],
+                             (kou_str_t){ buf, (size_t) (p - buf) });
+    }
+}
+
+/* ---- ending a request ---- */
 
 /* Let go of the current connection: to the pool, or closed. */
 static void
@@ -978,6 +1466,7 @@ kou_proxy_detach(kou_proxy_ctx_t *ctx, int reuse)
     if (ctx->peer != NULL && ctx->peer->active > 0) {
         ctx->peer->active--;
     }
+    kou_proxy_stat(uc->peer, KOU_PS_ACTIVE, -1);
     if (reuse && !kou_proxy_exiting) {
         kou_proxy_pool_put(uc);
     } else {
@@ -993,9 +1482,30 @@ kou_proxy_error(kou_proxy_ctx_t *ctx, int status)
                                            : KOU_STR("502 Bad Gateway\n");
 
     ctx->finished = 1;
-    kou_proxy_timer_stop(ctx);
+    kou_proxy_try_end(ctx, KOU_PR_NONE, status);
+    kou_proxy_vars(ctx);
     if (host->respond(ctx->r, status, kou_proxy_text, 1, body) != KOU_OK) {
         (void) host->abort(ctx->r);
+    }
+}
+
+/* The kourier_upstream_failures_total reason of a failure. */
+static int
+kou_proxy_reason(int kind)
+{
+    switch (kind) {
+    case KOU_PF_CONNECT:
+        return KOU_PR_CONNECT;
+    case KOU_PF_CONNECT_TIMEOUT:
+    case KOU_PF_SEND_TIMEOUT:
+    case KOU_PF_READ_TIMEOUT:
+        return KOU_PR_TIMEOUT;
+    case KOU_PF_INVALID:
+        return KOU_PR_INVALID;
+    case KOU_PF_STALE:
+        return KOU_PR_NONE;   /* no fault of the upstream's */
+    default:
+        return KOU_PR_CLOSED;
     }
 }
 
@@ -1051,8 +1561,12 @@ kou_proxy_fail(kou_proxy_ctx_t *ctx, int kind, const char *why, int err)
     int               retry;
 
     kou_proxy_detach(ctx, 0);
-    kou_proxy_timer_stop(ctx);
     retry = kou_proxy_can_retry(ctx, kind);
+    if (kind == KOU_PF_STALE && retry) {
+        ctx->replay = 1;   /* the attempt goes on over a fresh connection */
+    } else {
+        kou_proxy_try_end(ctx, kou_proxy_reason(kind), timeout ? 504 : 502);
+    }
     if (kind != KOU_PF_STALE) {
         host->log(KOU_LOG_ERR, "proxy: upstream %s (%s): %s%s%s", peer->name,
                   peer->text, why, err ? ": " : "", err ? strerror(err) : "");
@@ -1065,6 +1579,7 @@ kou_proxy_fail(kou_proxy_ctx_t *ctx, int kind, const char *why, int err)
     }
     if (ctx->head_done) {
         ctx->finished = 1;
+        kou_proxy_vars(ctx);
         (void) host->abort(ctx->r);
         return;
     }
@@ -1348,6 +1863,7 @@ kou_proxy_next(kou_proxy_ctx_t *ctx)
         ctx->tried[peer->index] = 1;
         ctx->attempts++;
         ctx->peer = peer;
+        kou_proxy_try_begin(ctx, peer);
         kou_proxy_attempt_reset(ctx);
         if (kou_proxy_build_head(ctx, peer) != KOU_OK) {
             host->log(KOU_LOG_ERR, "proxy: out of memory");
@@ -1364,15 +1880,21 @@ kou_proxy_next(kou_proxy_ctx_t *ctx)
             ctx->connected = 1;
             ctx->writable = 1;
             uc->requests++;
+            kou_proxy_stat(peer, KOU_PS_ACTIVE, 1);
+            kou_proxy_try_connected(ctx);
             kou_proxy_send(ctx);
             return;
         }
         if (kou_proxy_connect(ctx, peer, &err) == KOU_OK) {
             ctx->uc->requests++;
+            kou_proxy_stat(peer, KOU_PS_ACTIVE, 1);
             kou_proxy_timer_set(ctx);
             return;
         }
         peer->active--;
+        kou_proxy_try_end(ctx, err == ENOMEM || err == EMFILE
+                                       || err == ENFILE
+                                   ? KOU_PR_NONE : KOU_PR_CONNECT, 502);
         host->log(KOU_LOG_ERR, "proxy: upstream %s (%s): cannot connect: %s",
                   peer->name, peer->text, strerror(err));
         if (err != ENOMEM && err != EMFILE && err != ENFILE) {
@@ -1387,15 +1909,14 @@ kou_proxy_next(kou_proxy_ctx_t *ctx)
 
 /* ---- timers ---- */
 
+/* A request's deadlines have come, or may have: see which. */
 static void
-kou_proxy_timer_fire(void *arg)
+kou_proxy_timer_fire(kou_proxy_ctx_t *ctx)
 {
-    kou_proxy_ctx_t *ctx = arg;
     kou_proxy_route_t *pr = ctx->pr;
-    uint64_t         now = kou_proxy_host->now_ms();
+    uint64_t           now = kou_proxy_host->now_ms();
 
-    ctx->timer = NULL;   /* freed by the server once fired */
-    if (ctx->uc == NULL || ctx->finished) {
+    if (ctx->finished) {
         return;
     }
     if (!ctx->connected) {
@@ -1422,12 +1943,42 @@ kou_proxy_timer_fire(void *arg)
     kou_proxy_timer_set(ctx);
 }
 
+/* The connection's timer: a request's deadlines, or the idle timeout. */
+static void
+kou_proxy_uc_timer(void *arg)
+{
+    kou_proxy_uconn_t *uc = arg;
+    kou_proxy_route_t *pr = uc->peer->pr;
+    uint64_t           now = kou_proxy_host->now_ms();
+
+    uc->timer = NULL;   /* freed by the server once fired */
+    if (uc->ctx != NULL) {
+        kou_proxy_timer_fire(uc->ctx);
+        return;
+    }
+    if (now - uc->idle_since >= pr->keepalive_timeout) {
+        kou_proxy_pool_unlink(uc);
+        kou_proxy_uconn_close(uc);
+        return;
+    }
+    if (kou_proxy_uc_arm(uc, uc->idle_since + pr->keepalive_timeout)
+        != KOU_OK)
+    {
+        kou_proxy_pool_unlink(uc);
+        kou_proxy_uconn_close(uc);
+    }
+}
+
 /*
- * One timer per request, for the nearest of: the connect deadline, the
- * send deadline (only while the socket refuses the request), the read
+ * Keep the connection's timer due by the nearest of: the connect deadline,
+ * the send deadline (only while the socket refuses the request), the read
  * deadline (only once the request is sent and the client is not what is
  * holding things up). Progress does not re-arm it: when it fires early it
- * re-arms for what is left, so a busy transfer costs no timer calls.
+ * re-arms for what is left. It is never armed further than the route's
+ * shortest timeout ahead, so that no later deadline (the idle timeout
+ * once the connection is pooled, the next request's) is ever nearer than
+ * the armed one: a busy connection costs about one timer call per
+ * shortest timeout, not one per request.
  */
 static void
 kou_proxy_timer_set(kou_proxy_ctx_t *ctx)
@@ -1460,17 +2011,8 @@ kou_proxy_timer_set(kou_proxy_ctx_t *ctx)
     if (due == UINT64_MAX) {
         return;   /* a pending timer finds nothing due and stops */
     }
-    if (ctx->timer != NULL) {
-        if (ctx->timer_due <= due) {
-            return;
-        }
-        host->timer_del(ctx->timer);
-        ctx->timer = NULL;
-    }
-    ctx->timer = host->timer_add(due > now ? due - now : 0,
-                                 kou_proxy_timer_fire, ctx);
-    ctx->timer_due = due;
-    if (ctx->timer == NULL) {
+    due = kou_proxy_min(due, now + pr->tick);
+    if (kou_proxy_uc_arm(ctx->uc, due) != KOU_OK) {
         host->log(KOU_LOG_ERR, "proxy: out of memory");
         kou_proxy_detach(ctx, 0);
         kou_proxy_error(ctx, 502);
@@ -1496,7 +2038,8 @@ kou_proxy_complete(kou_proxy_ctx_t *ctx)
            && (rh->version == 11 || (rh->flags & KOU_RESP_KEEP_ALIVE))
            && uc != NULL && (int64_t) uc->requests < pr->keepalive_requests;
     ctx->finished = 1;
-    kou_proxy_timer_stop(ctx);
+    kou_proxy_try_end(ctx, KOU_PR_NONE, 0);
+    kou_proxy_vars(ctx);
     kou_proxy_detach(ctx, keep);
     if (kou_proxy_host->finish(ctx->r) != KOU_OK) {
         (void) kou_proxy_host->abort(ctx->r);
@@ -1504,68 +2047,90 @@ kou_proxy_complete(kou_proxy_ctx_t *ctx)
 }
 
 /*
- * The response fields for the client: everything end-to-end, without the
- * hop-by-hop fields, the framing (the server frames the message itself),
- * and Server and Date (the server writes its own), and with this hop
- * added to Via. A 101 that opens a tunnel keeps its Upgrade fields.
+ * The response fields for the client, into out (room for nheaders + 1):
+ * everything end-to-end, without the hop-by-hop fields, the framing (the
+ * server frames the message itself), and Server and Date (the server
+ * writes its own), and with this hop added to Via. A 101 that opens a
+ * tunnel keeps its Upgrade fields. One pass classifies; the names that
+ * Connection fields list (rare) are taken out afterwards.
  */
 static int
-kou_proxy_resp_fields(kou_proxy_ctx_t *ctx, int tunnel, kou_header_t **hs,
-                      size_t *nhs)
+kou_proxy_resp_fields(kou_proxy_ctx_t *ctx, int tunnel, kou_header_t *out,
+                      size_t *nout)
 {
-    const kou_host_t          *host = kou_proxy_host;
     const kou_response_head_t *rh = &ctx->rh;
+    const kou_header_t        *f = ctx->fields;
     kou_str_t                  tokens[KOU_PROXY_CONN_TOKENS];
-    kou_header_t              *out;
-    size_t                     ntok, n = 0, vlen = 0;
+    size_t                     ntok = 0, n = 0, vlen = 0;
     char                      *via, *v;
 
-    ntok = kou_proxy_conn_tokens(ctx->fields, rh->nheaders, tokens,
-                                 KOU_PROXY_CONN_TOKENS);
-    out = host->palloc(ctx->r, (rh->nheaders + 1) * sizeof(kou_header_t));
-    if (out == NULL) {
-        return KOU_ERROR;
-    }
     for (size_t i = 0; i < rh->nheaders; i++) {
-        kou_str_t name = ctx->fields[i].name;
+        switch (kou_proxy_fname(f[i].name)) {
+        case KOU_FN_OTHER:
+        case KOU_FN_HOST:
+        case KOU_FN_EXPECT:
+        case KOU_FN_XFF:
+        case KOU_FN_XFP:
+        case KOU_FN_XFH:
+            out[n++] = f[i];
+            break;
+        case KOU_FN_VIA:
+            vlen += f[i].value.n + 2;
+            break;
+        case KOU_FN_UPGRADE:
+            if (tunnel) {
+                out[n++] = f[i];
+            }
+            break;
+        case KOU_FN_CONNECTION: {
+            size_t    at = 0;
+            kou_str_t el;
 
-        if (kou_proxy_eq(name, "via")) {
-            vlen += ctx->fields[i].value.n + 2;
-            continue;
+            while (ntok < KOU_PROXY_CONN_TOKENS
+                   && kou_proxy_list_next(f[i].value, &at, &el))
+            {
+                tokens[ntok++] = el;
+            }
+            break;
         }
-        if (tunnel && kou_proxy_eq(name, "upgrade")) {
-            out[n++] = ctx->fields[i];
-            continue;
-        }
-        if (kou_proxy_hop_by_hop(name) || kou_proxy_in(name, tokens, ntok)
-            || kou_proxy_eq(name, "content-length")
-            || kou_proxy_eq(name, "server") || kou_proxy_eq(name, "date"))
-        {
-            continue;
-        }
-        out[n++] = ctx->fields[i];
-    }
-    via = v = host->palloc(ctx->r, vlen + 16);
-    if (via == NULL) {
-        return KOU_ERROR;
-    }
-    for (size_t i = 0; i < rh->nheaders; i++) {
-        if (kou_proxy_eq(ctx->fields[i].name, "via")
-            && ctx->fields[i].value.n > 0)
-        {
-            v = kou_proxy_put(v, ctx->fields[i].value.p,
-                              ctx->fields[i].value.n);
-            v = kou_proxy_put_lit(v, ", ");
+        default:
+            break;   /* hop-by-hop, Content-Length, Server, Date */
         }
     }
-    v = rh->version == 10 ? kou_proxy_put_lit(v, "1.0 kourier")
-                          : kou_proxy_put_lit(v, "1.1 kourier");
+    if (ntok > 0) {
+        size_t k = 0;
+
+        for (size_t i = 0; i < n; i++) {
+            /* a tunnel's Upgrade stays, though "Connection: upgrade" */
+            if (!kou_proxy_in(out[i].name, tokens, ntok)
+                || (tunnel && kou_proxy_eq(out[i].name, "upgrade")))
+            {
+                out[k++] = out[i];
+            }
+        }
+        n = k;
+    }
     out[n].name = KOU_STR("Via");
-    out[n].value.p = via;
-    out[n].value.n = (size_t) (v - via);
-    n++;
-    *hs = out;
-    *nhs = n;
+    if (vlen == 0) {
+        out[n].value = rh->version == 10 ? KOU_STR("1.0 kourier")
+                                         : KOU_STR("1.1 kourier");
+    } else {
+        via = v = kou_proxy_host->palloc(ctx->r, vlen + 16);
+        if (via == NULL) {
+            return KOU_ERROR;
+        }
+        for (size_t i = 0; i < rh->nheaders; i++) {
+            if (f[i].value.n > 0 && kou_proxy_eq(f[i].name, "via")) {
+                v = kou_proxy_put(v, f[i].value.p, f[i].value.n);
+                v = kou_proxy_put_lit(v, ", ");
+            }
+        }
+        v = rh->version == 10 ? kou_proxy_put_lit(v, "1.0 kourier")
+                              : kou_proxy_put_lit(v, "1.1 kourier");
+        out[n].value.p = via;
+        out[n].value.n = (size_t) (v - via);
+    }
+    *nout = n + 1;
     return KOU_OK;
 }
 
@@ -1573,11 +2138,12 @@ static int
 kou_proxy_start(kou_proxy_ctx_t *ctx)
 {
     const kou_response_head_t *rh = &ctx->rh;
-    kou_header_t              *hs;
+    kou_header_t               hs[KOU_PROXY_MAX_FIELDS + 1];
     size_t                     n;
     int64_t                    length = -1;
 
-    if (kou_proxy_resp_fields(ctx, 0, &hs, &n) != KOU_OK) {
+    /* start() writes the head out at once: the array may be local */
+    if (kou_proxy_resp_fields(ctx, 0, hs, &n) != KOU_OK) {
         return KOU_ERROR;
     }
     if (rh->body == KOU_BODY_LENGTH
@@ -1628,7 +2194,8 @@ static void
 kou_proxy_client_gone(kou_proxy_ctx_t *ctx)
 {
     ctx->finished = 1;
-    kou_proxy_timer_stop(ctx);
+    kou_proxy_try_end(ctx, KOU_PR_NONE, 0);
+    kou_proxy_vars(ctx);
     kou_proxy_detach(ctx, 0);
     (void) kou_proxy_host->abort(ctx->r);
 }
@@ -1648,6 +2215,8 @@ kou_proxy_tunnel(kou_proxy_ctx_t *ctx)
     size_t            at = 0;
     int               asked = 0;
 
+    hs = host->palloc(ctx->r, (ctx->rh.nheaders + 1) * sizeof(*hs));
+
     /* only an upgrade this proxy asked for, to a protocol it named */
     for (size_t i = 0; i < ctx->rh.nheaders; i++) {
         if (kou_proxy_eq(ctx->fields[i].name, "upgrade")
@@ -1661,7 +2230,7 @@ kou_proxy_tunnel(kou_proxy_ctx_t *ctx)
                        "request that did not ask to upgrade", 0);
         return 0;
     }
-    if (kou_proxy_resp_fields(ctx, 1, &hs, &n) != KOU_OK
+    if (hs == NULL || kou_proxy_resp_fields(ctx, 1, hs, &n) != KOU_OK
         || host->upgrade(ctx->r, hs, n, kou_proxy_body, ctx) != KOU_OK)
     {
         kou_proxy_fail(ctx, KOU_PF_INVALID, "cannot switch the client "
@@ -1671,6 +2240,8 @@ kou_proxy_tunnel(kou_proxy_ctx_t *ctx)
     ctx->peer->fails = 0;
     ctx->head_done = 1;
     ctx->tunnel = 1;
+    kou_proxy_try_header(ctx, 101);
+    kou_proxy_vars(ctx);
     ctx->in_start += ctx->rh.head_len;
     ctx->rh.body = KOU_BODY_CLOSE;
     /* the client's side starts over as a stream without an end */
@@ -1731,6 +2302,7 @@ kou_proxy_head(kou_proxy_ctx_t *ctx)
         return 0;
     }
     ctx->peer->fails = 0;
+    kou_proxy_try_header(ctx, ctx->rh.status);
     if (kou_proxy_start(ctx) != KOU_OK) {
         /* the client is gone, or out of memory */
         kou_proxy_client_gone(ctx);
@@ -1787,6 +2359,7 @@ kou_proxy_body_out(kou_proxy_ctx_t *ctx)
                           "chunked body: response cut short",
                           ctx->peer->name, ctx->peer->text);
                 kou_proxy_peer_failed(ctx->peer);
+                kou_proxy_try_end(ctx, KOU_PR_INVALID, 0);
                 kou_proxy_client_gone(ctx);
                 return 0;
             }
@@ -1861,6 +2434,7 @@ kou_proxy_eof(kou_proxy_ctx_t *ctx, int err)
               "response body: response cut short", ctx->peer->name,
               ctx->peer->text, err ? "failed" : "closed");
     kou_proxy_peer_failed(ctx->peer);
+    kou_proxy_try_end(ctx, KOU_PR_CLOSED, 0);
     kou_proxy_client_gone(ctx);
 }
 
@@ -1903,6 +2477,9 @@ kou_proxy_read(kou_proxy_ctx_t *ctx)
                 kou_proxy_fail(ctx, KOU_PF_INVALID, "out of memory", 0);
                 return;
             }
+            ctx->fields = (kou_header_t *) (void *) (ctx->in
+                                                     + KOU_PROXY_BUF);
+            ctx->rh.headers = ctx->fields;
         }
         if (ctx->in_end == KOU_PROXY_BUF && ctx->in_start > 0) {
             memmove(ctx->in, ctx->in + ctx->in_start,
@@ -1973,6 +2550,7 @@ kou_proxy_io(kou_io_t *io, int fd, unsigned events, void *arg)
         ctx->connected = 1;
         ctx->writable = 1;
         ctx->last_write = kou_proxy_host->now_ms();
+        kou_proxy_try_connected(ctx);
         kou_proxy_send(ctx);
         if (ctx->uc != uc) {
             return;
@@ -2002,7 +2580,8 @@ kou_proxy_cleanup(void *arg)
     kou_proxy_ctx_t *ctx = arg;
 
     ctx->dead = 1;
-    kou_proxy_timer_stop(ctx);
+    /* the client left first: an attempt cut short is over all the same */
+    kou_proxy_try_end(ctx, KOU_PR_NONE, 0);
     if (ctx->uc != NULL) {
         /*
          * The client left mid-exchange. A connection on which nothing was
@@ -2069,7 +2648,6 @@ kou_proxy_content(kou_request_t *r, void *state, void *route_state)
     const kou_host_t  *host = kou_proxy_host;
     kou_proxy_route_t *pr = route_state;
     kou_proxy_ctx_t   *ctx;
-    kou_str_t          v;
 
     (void) state;
 
@@ -2084,18 +2662,15 @@ kou_proxy_content(kou_request_t *r, void *state, void *route_state)
     ctx->method = host->method(r);
     ctx->idempotent = kou_proxy_idempotent(ctx->method);
     ctx->req_chunked = host->content_length(r) < 0;
-    ctx->req_cl = host->header(r, KOU_STR("Content-Length"), 0, &v)
-                  == KOU_OK;
     ctx->upgrade_req = pr->upgrade && kou_proxy_wants_upgrade(r);
     ctx->tried = host->palloc(r, pr->npeers);
-    ctx->fields = host->palloc(r, KOU_PROXY_MAX_FIELDS
-                                      * sizeof(kou_header_t));
-    if (ctx->tried == NULL || ctx->fields == NULL) {
+    if (ctx->tried == NULL) {
         return 503;
     }
     memset(ctx->tried, 0, pr->npeers);
+    ctx->tries = ctx->try0;
+    ctx->maxtries = KOU_PROXY_TRIES;
     ctx->rh.size = sizeof(ctx->rh);
-    ctx->rh.headers = ctx->fields;
     ctx->rh.max_headers = KOU_PROXY_MAX_FIELDS;
     ctx->rh.max_head = KOU_PROXY_MAX_HEAD;
     if (host->cleanup_add(r, kou_proxy_cleanup, ctx) != KOU_OK) {
@@ -2118,6 +2693,8 @@ kou_proxy_content(kou_request_t *r, void *state, void *route_state)
 /* ---- configuration ---- */
 
 static const kou_conf_key_t kou_proxy_conf[] = {
+    { "max_upstreams", KOU_CONF_INT, KOU_SCOPE_MODULE, 0, "128",
+      "most (route, upstream) pairs with kourier_upstream_* series" },
     { "upstreams", KOU_CONF_LIST, KOU_SCOPE_ROUTE, 1, NULL,
       "host:port items, or {address, weight, max_fails, fail_timeout, "
       "backup}" },
@@ -2199,6 +2776,7 @@ kou_proxy_add_peer(kou_proxy_route_t *pr, size_t *cap, const char *name,
     if (p->name == NULL) {
         return KOU_ERROR;
     }
+    p->name_len = strlen(name);
     memcpy(&p->addr, sa, len);
     p->addrlen = len;
     if (sa->sa_family == AF_INET) {
@@ -2216,8 +2794,12 @@ kou_proxy_add_peer(kou_proxy_route_t *pr, size_t *cap, const char *name,
         snprintf(p->text, sizeof(p->text), "[%s]:%u", a,
                  (unsigned) ntohs(in6->sin6_port));
     } else {
-        snprintf(p->text, sizeof(p->text), "unix");
+        const struct sockaddr_un *un = (const struct sockaddr_un *) sa;
+
+        snprintf(p->text, sizeof(p->text), "unix:%.*s",
+                 (int) (sizeof(p->text) - 6), un->sun_path);
     }
+    p->text_len = strlen(p->text);
     pr->npeers++;
     return KOU_OK;
 }
@@ -2576,6 +3158,22 @@ kou_proxy_configure_route(void *state, const kou_conf_t *route,
                          "send_timeout and read_timeout must not be 0");
         goto failed;
     }
+    pr->tick = kou_proxy_min(pr->connect_timeout,
+                             kou_proxy_min(pr->send_timeout,
+                                           pr->read_timeout));
+    if (pr->keepalive > 0 && pr->keepalive_timeout > 0) {
+        pr->tick = kou_proxy_min(pr->tick, pr->keepalive_timeout);
+    }
+    if (pr->tick == 0) {
+        pr->tick = 1;
+    }
+    /* the route as written, the label of its kourier_upstream_* series */
+    if (((v = host->conf_get(route, "path")) != NULL
+         || (v = host->conf_get(route, "prefix")) != NULL)
+        && host->conf_str(v, &s) == KOU_OK)
+    {
+        pr->name = s;      /* the config outlives the route */
+    }
 
     if ((v = host->conf_get(route, "set_headers")) != NULL) {
         n = host->conf_len(v);
@@ -2647,14 +3245,461 @@ static int
 kou_proxy_configure(const kou_conf_t *conf, void **state, char *err,
                     size_t errlen)
 {
-    kou_proxy_module_t *m = calloc(1, sizeof(*m));
+    const kou_host_t   *host = kou_proxy_host;
+    const kou_conf_t   *n = host->conf_get(conf, "max_upstreams");
+    kou_proxy_module_t *m;
+    int64_t             max = 128;
 
-    if (m == NULL) {
-        return kou_proxy_host->conf_error(conf, err, errlen,
-                                          "proxy: out of memory");
+    if (n != NULL && (host->conf_int(n, &max) != KOU_OK || max < 1
+                      || max > 65536))
+    {
+        return host->conf_error(n, err, errlen, "proxy: max_upstreams must "
+                                "be 1..65536");
     }
+    m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        return host->conf_error(conf, err, errlen, "proxy: out of memory");
+    }
+    m->max_upstreams = (uint32_t) max;
     *state = m;
     return KOU_OK;
+}
+
+/* ---- shared statistics: the kourier_upstream_* series ---- */
+
+static uint64_t
+kou_proxy_fnv(uint64_t h, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ (unsigned char) p[i]) * UINT64_C(0x100000001b3);
+    }
+    return h;
+}
+
+/*
+ * The registry index of (route, upstream), inserting it; -1 when the
+ * names are too long or the registry is full. Runs in worker_init, where
+ * the workers of a generation (and those of the next, during a reload)
+ * may race for the same entry: an empty entry is claimed by one CAS of
+ * its state word (hash | CLAIMED), then its name is written and READY
+ * published. A worker that finds the entry claimed but not ready waits
+ * for the claimant; if the claimant died in between, it writes the same
+ * name itself. The same pair finds the same entry in every process and
+ * across reloads, so its counts carry on.
+ */
+static int
+kou_proxy_entry(kou_proxy_module_t *m, kou_str_t route, kou_str_t addr)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325), want;
+
+    if (route.n + addr.n > KOU_PROXY_NAME_MAX) {
+        return -1;
+    }
+    h = kou_proxy_fnv(h, route.p, route.n);
+    h = kou_proxy_fnv(h, "", 1);
+    h = kou_proxy_fnv(h, addr.p, addr.n) & KOU_PS_HMASK;
+    if (h == 0) {
+        h = 1;
+    }
+    want = h | KOU_PS_CLAIMED;
+    for (uint32_t i = 0; i < m->max_upstreams; i++) {
+        uint32_t          k = (uint32_t) ((h + i) % m->max_upstreams);
+        kou_proxy_sent_t *e = &m->ents[k];
+        uint64_t          cur = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
+        int               mine = 0;
+
+        if (cur == 0) {
+            uint64_t expect = 0;
+
+            mine = __atomic_compare_exchange_n(&e->state, &expect, want, 0,
+                                               __ATOMIC_ACQ_REL,
+                                               __ATOMIC_ACQUIRE);
+            cur = mine ? want : expect;
+        }
+        if ((cur & KOU_PS_HMASK) != h) {
+            continue;
+        }
+        for (long spin = 0; !mine && !(cur & KOU_PS_READY)
+                            && spin < 10000000; spin++)
+        {
+            cur = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
+        }
+        if (mine || !(cur & KOU_PS_READY)) {
+            memcpy(e->name, route.p, route.n);
+            memcpy(e->name + route.n, addr.p, addr.n);
+            e->route_len = (uint32_t) route.n;
+            e->addr_len = (uint32_t) addr.n;
+            __atomic_store_n(&e->state, want | KOU_PS_READY,
+                             __ATOMIC_RELEASE);
+            return (int) k;
+        }
+        if (e->route_len == route.n && e->addr_len == addr.n
+            && memcmp(e->name, route.p, route.n) == 0
+            && memcmp(e->name + route.n, addr.p, addr.n) == 0)
+        {
+            return (int) k;
+        }
+    }
+    return -1;
+}
+
+static int
+kou_proxy_worker_init(void *state)
+{
+    const kou_host_t   *host = kou_proxy_host;
+    kou_proxy_module_t *m = state;
+    uint64_t           *row;
+    unsigned char      *p;
+    char                name[64];
+    size_t              head, size;
+    int                 slot, lost = 0;
+
+    if (!KOU_HOST_HAS(host, server_stats)) {
+        return KOU_OK;   /* no shared memory: no kourier_upstream_* series */
+    }
+    m->nslots = host->stats_slots();
+    slot = host->stats_slot();
+    if (m->nslots <= 0 || slot < 0 || slot >= m->nslots) {
+        return KOU_OK;
+    }
+    head = (size_t) m->max_upstreams * sizeof(kou_proxy_sent_t);
+    size = head + (size_t) m->nslots * m->max_upstreams * KOU_PS_W
+                  * sizeof(uint64_t);
+    /* the geometry is in the name: another one is another block */
+    snprintf(name, sizeof(name), "proxy.upstreams.v1.e%" PRIu32 ".s%d",
+             m->max_upstreams, m->nslots);
+    p = host->shm_alloc(name, size);
+    m->configured = calloc(m->max_upstreams, 1);
+    if (p == NULL || m->configured == NULL) {
+        host->log(KOU_LOG_ERR, "proxy: cannot get %zu bytes of shared "
+                  "memory for the upstream statistics: raise the top-level "
+                  "\"shared_memory\" or lower max_upstreams; upstreams are "
+                  "not counted", size);
+        free(m->configured);
+        m->configured = NULL;
+        return KOU_OK;
+    }
+    m->ents = (kou_proxy_sent_t *) (void *) p;
+    m->rows = (uint64_t *) (void *) (p + head);
+    row = m->rows + (size_t) slot * m->max_upstreams * KOU_PS_W;
+
+    /* the gauges of a worker this slot had before are stale */
+    for (uint32_t e = 0; e < m->max_upstreams; e++) {
+        uint64_t *v = row + (size_t) e * KOU_PS_W;
+
+        __atomic_store_n(&v[KOU_PS_ACTIVE], 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&v[KOU_PS_IDLE], 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&v[KOU_PS_DOWN], 0, __ATOMIC_RELAXED);
+    }
+    for (kou_proxy_route_t *pr = m->routes; pr != NULL; pr = pr->next) {
+        for (size_t i = 0; i < pr->npeers; i++) {
+            kou_proxy_peer_t *peer = &pr->peers[i];
+            int               id = kou_proxy_entry(m, pr->name,
+                                                   (kou_str_t){
+                                                       peer->text,
+                                                       peer->text_len });
+
+            if (id < 0) {
+                lost++;
+                continue;
+            }
+            peer->st = row + (size_t) id * KOU_PS_W;
+            m->configured[id] = 1;
+        }
+    }
+    if (lost > 0) {
+        host->log(KOU_LOG_WARN, "proxy: %d upstream(s) have no "
+                  "kourier_upstream_* series: more than max_upstreams "
+                  "(%" PRIu32 ") route and upstream pairs, or names over "
+                  "%d bytes", lost, m->max_upstreams, KOU_PROXY_NAME_MAX);
+    }
+    return KOU_OK;
+}
+
+/* Text for a metrics scrape, handed to emit in pieces. */
+typedef struct {
+    kou_emit_pt emit;
+    void       *arg;
+    size_t      n;
+    char        buf[8192];
+} kou_proxy_out_t;
+
+static void
+kou_proxy_out(kou_proxy_out_t *o, const char *p, size_t n)
+{
+    if (o->n + n > sizeof(o->buf)) {
+        o->emit(o->arg, o->buf, o->n);
+        o->n = 0;
+        if (n > sizeof(o->buf)) {
+            o->emit(o->arg, p, n);
+            return;
+        }
+    }
+    memcpy(o->buf + o->n, p, n);
+    o->n += n;
+}
+
+#define kou_proxy_out_lit(o, lit) kou_proxy_out((o), (lit), sizeof(lit) - 1)
+
+static void
+kou_proxy_out_u64(kou_proxy_out_t *o, uint64_t v)
+{
+    char b[24];
+
+    kou_proxy_out(o, b, (size_t) (kou_proxy_put_u64(b, v) - b));
+}
+
+/* A label value, escaped as the format wants: \\, \" and \n. */
+static void
+kou_proxy_out_value(kou_proxy_out_t *o, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        switch (p[i]) {
+        case '\\':
+            kou_proxy_out_lit(o, "\\\\");
+            break;
+        case '"':
+            kou_proxy_out_lit(o, "\\\"");
+            break;
+        case '\n':
+            kou_proxy_out_lit(o, "\\n");
+            break;
+        default:
+            kou_proxy_out(o, &p[i], 1);
+            break;
+        }
+    }
+}
+
+/* `name{route="...",upstream="..."` (the caller closes the braces). */
+static void
+kou_proxy_out_series(kou_proxy_out_t *o, const char *name,
+                     const kou_proxy_sent_t *e)
+{
+    kou_proxy_out(o, name, strlen(name));
+    kou_proxy_out_lit(o, "{route=\"");
+    kou_proxy_out_value(o, e->name, e->route_len);
+    kou_proxy_out_lit(o, "\",upstream=\"");
+    kou_proxy_out_value(o, e->name + e->route_len, e->addr_len);
+    kou_proxy_out_lit(o, "\"");
+}
+
+static void
+kou_proxy_out_family(kou_proxy_out_t *o, const char *name, const char *type,
+                     const char *help)
+{
+    kou_proxy_out_lit(o, "# HELP ");
+    kou_proxy_out(o, name, strlen(name));
+    kou_proxy_out_lit(o, " ");
+    kou_proxy_out(o, help, strlen(help));
+    kou_proxy_out_lit(o, "\n# TYPE ");
+    kou_proxy_out(o, name, strlen(name));
+    kou_proxy_out_lit(o, " ");
+    kou_proxy_out(o, type, strlen(type));
+    kou_proxy_out_lit(o, "\n");
+}
+
+/* Entry e's names, or NULL while it is not ready. */
+static const kou_proxy_sent_t *
+kou_proxy_ready(const kou_proxy_module_t *m, uint32_t e)
+{
+    const kou_proxy_sent_t *ent = &m->ents[e];
+    uint64_t st = __atomic_load_n(&ent->state, __ATOMIC_ACQUIRE);
+
+    if (!(st & KOU_PS_READY)
+        || (size_t) ent->route_len + ent->addr_len > KOU_PROXY_NAME_MAX)
+    {
+        return NULL;
+    }
+    return ent;
+}
+
+/* Counter f of entry e summed over the slots (live ones only: `live`). */
+static uint64_t
+kou_proxy_sum(const kou_proxy_module_t *m, uint32_t e, unsigned f,
+              const kou_server_stats_t *live)
+{
+    uint64_t v = 0;
+
+    for (int s = 0; s < m->nslots; s++) {
+        if (live != NULL
+            && (s >= live->nslots
+                || __atomic_load_n(&live->slots[s].pid, __ATOMIC_RELAXED)
+                       == 0))
+        {
+            continue;
+        }
+        v += __atomic_load_n(&m->rows[((size_t) s * m->max_upstreams + e)
+                                      * KOU_PS_W + f], __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+/*
+ * The metrics callback: the kourier_upstream_* series, summed over every
+ * worker's slot. Counters and the histogram cover every (route, upstream)
+ * ever registered (a pair a reload dropped keeps its final counts); the
+ * gauges cover the pairs of the configuration this worker serves, and
+ * only live workers' slots.
+ */
+static void
+kou_proxy_metrics(void *state, kou_emit_pt emit, void *arg)
+{
+    static const char *const classes[5] = {
+        "1xx", "2xx", "3xx", "4xx", "5xx"
+    };
+    static const char *const reasons[4] = {
+        "connect", "timeout", "invalid", "closed"
+    };
+    static const char *const le[KOU_PS_NBOUNDS + 1] = {
+        "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+        "5", "10", "+Inf"
+    };
+    static const char *hist = "kourier_upstream_response_duration_seconds";
+    const kou_host_t         *host = kou_proxy_host;
+    const kou_proxy_module_t *m = state;
+    const kou_server_stats_t *live = NULL;
+    const kou_proxy_sent_t   *e;
+    kou_proxy_out_t          *o;
+    uint64_t                  now = host->now_ms();
+
+    if (m == NULL || m->rows == NULL) {
+        return;
+    }
+    o = malloc(sizeof(*o));
+    if (o == NULL) {
+        return;
+    }
+    o->emit = emit;
+    o->arg = arg;
+    o->n = 0;
+    live = host->server_stats();
+
+    kou_proxy_out_family(o, "kourier_upstream_requests_total", "counter",
+                         "Responses received from upstream servers, by "
+                         "route, upstream and status class.");
+    for (uint32_t i = 0; i < m->max_upstreams; i++) {
+        if ((e = kou_proxy_ready(m, i)) == NULL) {
+            continue;
+        }
+        for (unsigned c = 0; c < 5; c++) {
+            kou_proxy_out_series(o, "kourier_upstream_requests_total", e);
+            kou_proxy_out_lit(o, ",code=\"");
+            kou_proxy_out(o, classes[c], 3);
+            kou_proxy_out_lit(o, "\"} ");
+            kou_proxy_out_u64(o, kou_proxy_sum(m, i, KOU_PS_REQ + c, NULL));
+            kou_proxy_out_lit(o, "\n");
+        }
+    }
+
+    kou_proxy_out_family(o, "kourier_upstream_failures_total", "counter",
+                         "Attempts that failed, by route, upstream and "
+                         "reason (connect, timeout, invalid response, "
+                         "connection closed).");
+    for (uint32_t i = 0; i < m->max_upstreams; i++) {
+        if ((e = kou_proxy_ready(m, i)) == NULL) {
+            continue;
+        }
+        for (unsigned r = 0; r < 4; r++) {
+            kou_proxy_out_series(o, "kourier_upstream_failures_total", e);
+            kou_proxy_out_lit(o, ",reason=\"");
+            kou_proxy_out(o, reasons[r], strlen(reasons[r]));
+            kou_proxy_out_lit(o, "\"} ");
+            kou_proxy_out_u64(o, kou_proxy_sum(m, i, KOU_PS_FAIL + r, NULL));
+            kou_proxy_out_lit(o, "\n");
+        }
+    }
+
+    kou_proxy_out_family(o, hist, "histogram",
+                         "Time from the start of an attempt to the end of "
+                         "the upstream's response, by route and upstream.");
+    for (uint32_t i = 0; i < m->max_upstreams; i++) {
+        uint64_t v[KOU_PS_NBOUNDS + 1], cum = 0;
+        char     b[32];
+
+        if ((e = kou_proxy_ready(m, i)) == NULL) {
+            continue;
+        }
+        /* one snapshot made cumulative: +Inf and _count always agree */
+        for (unsigned k = 0; k <= KOU_PS_NBOUNDS; k++) {
+            v[k] = kou_proxy_sum(m, i, KOU_PS_BUCKET + k, NULL);
+        }
+        for (unsigned k = 0; k <= KOU_PS_NBOUNDS; k++) {
+            cum += v[k];
+            kou_proxy_out_series(o, "kourier_upstream_response_duration_"
+                                 "seconds_bucket", e);
+            kou_proxy_out_lit(o, ",le=\"");
+            kou_proxy_out(o, le[k], strlen(le[k]));
+            kou_proxy_out_lit(o, "\"} ");
+            kou_proxy_out_u64(o, cum);
+            kou_proxy_out_lit(o, "\n");
+        }
+        kou_proxy_out_series(o, "kourier_upstream_response_duration_"
+                             "seconds_sum", e);
+        kou_proxy_out_lit(o, "} ");
+        kou_proxy_out(o, b, (size_t) (kou_proxy_put_ms(
+                                          b, (int64_t) kou_proxy_sum(
+                                                 m, i, KOU_PS_SUM, NULL))
+                                      - b));
+        kou_proxy_out_lit(o, "\n");
+        kou_proxy_out_series(o, "kourier_upstream_response_duration_"
+                             "seconds_count", e);
+        kou_proxy_out_lit(o, "} ");
+        kou_proxy_out_u64(o, cum);
+        kou_proxy_out_lit(o, "\n");
+    }
+
+    kou_proxy_out_family(o, "kourier_upstream_up", "gauge",
+                         "1 when no worker has taken the upstream out "
+                         "(passive health: max_fails within fail_timeout), "
+                         "else 0.");
+    for (uint32_t i = 0; m->configured != NULL && i < m->max_upstreams;
+         i++)
+    {
+        int up = 1;
+
+        if (!m->configured[i] || (e = kou_proxy_ready(m, i)) == NULL) {
+            continue;
+        }
+        for (int s = 0; s < m->nslots && live != NULL; s++) {
+            if (s < live->nslots
+                && __atomic_load_n(&live->slots[s].pid, __ATOMIC_RELAXED)
+                   != 0
+                && __atomic_load_n(&m->rows[((size_t) s * m->max_upstreams
+                                             + i) * KOU_PS_W + KOU_PS_DOWN],
+                                   __ATOMIC_RELAXED) > now)
+            {
+                up = 0;
+            }
+        }
+        kou_proxy_out_series(o, "kourier_upstream_up", e);
+        kou_proxy_out_lit(o, "} ");
+        kou_proxy_out_u64(o, (uint64_t) up);
+        kou_proxy_out_lit(o, "\n");
+    }
+
+    kou_proxy_out_family(o, "kourier_upstream_connections", "gauge",
+                         "Connections to the upstream: in use by a request "
+                         "(active) or kept for the next one (idle).");
+    for (uint32_t i = 0; m->configured != NULL && i < m->max_upstreams;
+         i++)
+    {
+        if (!m->configured[i] || (e = kou_proxy_ready(m, i)) == NULL) {
+            continue;
+        }
+        kou_proxy_out_series(o, "kourier_upstream_connections", e);
+        kou_proxy_out_lit(o, ",state=\"active\"} ");
+        kou_proxy_out_u64(o, kou_proxy_sum(m, i, KOU_PS_ACTIVE, live));
+        kou_proxy_out_lit(o, "\n");
+        kou_proxy_out_series(o, "kourier_upstream_connections", e);
+        kou_proxy_out_lit(o, ",state=\"idle\"} ");
+        kou_proxy_out_u64(o, kou_proxy_sum(m, i, KOU_PS_IDLE, live));
+        kou_proxy_out_lit(o, "\n");
+    }
+    if (o->n > 0) {
+        emit(arg, o->buf, o->n);
+    }
+    free(o);
 }
 
 static void
@@ -2672,7 +3717,12 @@ kou_proxy_worker_exit(void *state)
 static void
 kou_proxy_destroy(void *state)
 {
-    free(state);
+    kou_proxy_module_t *m = state;
+
+    if (m != NULL) {
+        free(m->configured);
+    }
+    free(m);
     kou_proxy_bufs_free();
 }
 
@@ -2681,10 +3731,12 @@ static const kou_module_t kou_proxy_module = {
     .conf = kou_proxy_conf,
     .configure = kou_proxy_configure,
     .configure_route = kou_proxy_configure_route,
+    .worker_init = kou_proxy_worker_init,
     .worker_exit = kou_proxy_worker_exit,
     .content = kou_proxy_content,
     .route_free = kou_proxy_route_free,
     .destroy = kou_proxy_destroy,
+    .metrics = kou_proxy_metrics,
 };
 
 KOU_EXPORT const kou_module_t *

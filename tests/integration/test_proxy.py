@@ -10,7 +10,9 @@ aborts."""
 import hashlib
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -1309,6 +1311,312 @@ class TestConfig(kt.ServerTestCase):
                 s.stop()
         finally:
             a.stop()
+
+
+# --------------------------------------------------------------------------
+# What the proxy tells the rest of the server: request variables (printed
+# by access_log) and the kourier_upstream_* series (exposed by metrics).
+
+TIME = r"\d+\.\d{3}"
+
+
+class TestVariables(kt.ServerTestCase):
+    """upstream_addr, upstream_status, upstream_connect_time,
+    upstream_header_time and upstream_response_time, one value per attempt
+    joined by ", ", as access_log prints them."""
+
+    FORMAT = ("$request_uri|$status|$upstream_addr|$upstream_status|"
+              "$upstream_connect_time|$upstream_header_time|"
+              "$upstream_response_time")
+
+    def setUp(self):
+        self.a = up.Upstream(name="a")
+        self.addCleanup(self.a.stop)
+        self.dead = "127.0.0.1:%d" % up.closed_port()
+        self.dead2 = "127.0.0.1:%d" % up.closed_port()
+        self.log = None
+        cfg = kt.make_config(
+            workers=1,
+            modules={"proxy": {}, "hello": {"path": kt.plugin_path("hello")},
+                     "access_log": {"file": "access.log",
+                                    "format": self.FORMAT,
+                                    "flush": "100ms"}},
+            hooks={"log": ["access_log"]},
+            routes=[
+                {"prefix": "/ok", "handler": "proxy",
+                 "upstreams": [self.a.address]},
+                # round-robin starts with the first: the dead one
+                {"prefix": "/failover", "handler": "proxy", "retries": 1,
+                 "upstreams": [{"address": self.dead,
+                                "fail_timeout": "60s"}, self.a.address]},
+                {"prefix": "/dead", "handler": "proxy",
+                 "upstreams": [self.dead2]},
+                {"path": "/hello", "handler": "hello"}])
+        self.server = kt.Server(cfg)
+        self.addCleanup(self.server.kill)
+        self.server.start()
+        self.addCleanup(self.check_server_log, self.server)
+        self.log = os.path.join(self.server.dir, "access.log")
+
+    def lines(self, n):
+        def have():
+            try:
+                with open(self.log, "rb") as f:
+                    ls = f.read().decode().split("\n")[:-1]
+            except FileNotFoundError:
+                return None
+            return ls if len(ls) >= n else None
+        return kt.wait_until(have, what="%d access log lines" % n)
+
+    def test_variables(self):
+        for target, status in (("/ok/x", 200), ("/failover", 200),
+                               ("/dead", 502), ("/hello", 200)):
+            with self.server.client() as c:
+                self.assertStatus(c.request("GET", target), status, target)
+        got = [l.split("|") for l in self.lines(4)]
+        a, d, d2 = self.a.address, self.dead, self.dead2
+        self.assertEqual(len(got), 4, got)
+        # one attempt, on a new connection
+        self.assertEqual(got[0][:4], ["/ok/x", "200", a, "200"], got[0])
+        for v in got[0][4:]:
+            self.assertRegex(v, "^%s$" % TIME, got[0])
+        # refused, then the next upstream: both attempts, in order
+        self.assertEqual(got[1][:4], ["/failover", "200", "%s, %s" % (d, a),
+                                      "502, 200"], got[1])
+        self.assertRegex(got[1][4], "^-, %s$" % TIME, got[1])
+        self.assertRegex(got[1][5], "^-, %s$" % TIME, got[1])
+        self.assertRegex(got[1][6], "^%s, %s$" % (TIME, TIME), got[1])
+        # nothing answered: no connect or header time, but a response time
+        self.assertEqual(got[2][:6], ["/dead", "502", d2, "502", "-", "-"],
+                         got[2])
+        self.assertRegex(got[2][6], "^%s$" % TIME, got[2])
+        # a route the proxy does not handle has none of them
+        self.assertEqual(got[3], ["/hello", "200", "-", "-", "-", "-", "-"])
+
+    def test_pooled_connection_and_timing(self):
+        slow = threading.Event()
+
+        def handler(req, conn):
+            conn.read_body(req)
+            if req.target == "/ok/slow":
+                slow.wait(0.3)       # never set: a 300 ms upstream
+            conn.respond(200, b"x")
+        self.a.handler = handler
+        with self.server.client() as c:
+            self.assertStatus(c.request("GET", "/ok/1"), 200)
+            self.assertStatus(c.request("GET", "/ok/slow"), 200)
+        got = [l.split("|") for l in self.lines(2)]
+        self.assertEqual(self.a.connections, 1)
+        # the second request took the pooled connection: no connect time
+        self.assertEqual(got[1][4], "0.000", got[1])
+        header, total = float(got[1][5]), float(got[1][6])
+        self.assertGreaterEqual(header, 0.29, got[1])
+        self.assertLess(header, 5, got[1])
+        self.assertGreaterEqual(total, header, got[1])
+
+
+def import_exposition_parser():
+    """The strict Prometheus text-format parser of test_metrics.py."""
+    import test_metrics
+    return test_metrics.parse_exposition, test_metrics.value
+
+
+class TestMetrics(kt.ServerTestCase):
+    """kourier_upstream_* series through /metrics, summed over two
+    workers, exact after a known set of requests, kept across a reload,
+    in the strict exposition format."""
+
+    WORKERS = 2
+
+    def setUp(self):
+        self.parse, self.value = import_exposition_parser()
+        self.gate = threading.Event()
+        self.addCleanup(self.gate.set)
+
+        def handler(req, conn):
+            conn.read_body(req)
+            if req.target.startswith("/api/missing"):
+                conn.respond(404, b"no")
+            elif req.target.startswith("/slow"):
+                self.gate.wait(kt.DEADLINE)
+                return "close"
+            elif req.target.startswith("/smuggle"):
+                conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\nok")
+                return "close"
+            elif req.target.startswith("/hangup"):
+                return "close"
+            else:
+                conn.respond(200, b"hello")
+        self.a = up.Upstream(handler, name="a")
+        self.addCleanup(self.a.stop)
+        self.dead = "127.0.0.1:%d" % up.closed_port()
+        self.server = kt.Server(self.config())
+        self.addCleanup(self.server.kill)
+        self.server.start()
+        self.addCleanup(self.check_server_log, self.server)
+
+    def config(self, extra_routes=()):
+        a = self.a.address
+        return kt.make_config(
+            workers=self.WORKERS, shutdown_timeout="10s",
+            modules={"proxy": {}, "metrics": {}},
+            hooks={"log": ["metrics"]},
+            routes=[{"path": "/metrics", "handler": "metrics"},
+                    {"prefix": "/api", "handler": "proxy",
+                     "upstreams": [a]},
+                    {"prefix": "/dead", "handler": "proxy",
+                     "upstreams": [self.dead]},
+                    {"prefix": "/slow", "handler": "proxy",
+                     "read_timeout": "200ms", "upstreams": [a]},
+                    {"prefix": "/smuggle", "handler": "proxy",
+                     "upstreams": [a]},
+                    {"prefix": "/hangup", "handler": "proxy",
+                     "retries": 0, "upstreams": [a]}]
+            + list(extra_routes))
+
+    def get(self, target, status):
+        with self.server.client() as c:
+            r = c.request("GET", target)
+        self.assertStatus(r, status, target)
+        return r
+
+    def scrape(self):
+        r = self.get("/metrics", 200)
+        return self.parse(r.body), r.body
+
+    def v(self, fams, name, family=None, **labels):
+        return self.value(fams, name, family, **labels)
+
+    def test_series_after_known_requests(self):
+        a, d = self.a.address, self.dead
+        fams, _ = self.scrape()
+        # every configured pair is there from the start, at zero
+        for route in ("/api", "/slow", "/smuggle", "/hangup"):
+            for code in ("1xx", "2xx", "3xx", "4xx", "5xx"):
+                self.assertEqual(self.v(
+                    fams, "kourier_upstream_requests_total", route=route,
+                    upstream=a, code=code), 0)
+            self.assertEqual(self.v(fams, "kourier_upstream_up",
+                                    route=route, upstream=a), 1)
+        self.assertIn({"route": "/dead", "upstream": d, "reason": "connect"},
+                      [s[1] for s in
+                       fams["kourier_upstream_failures_total"]["samples"]])
+
+        for _ in range(7):
+            self.get("/api/x", 200)
+        for _ in range(3):
+            self.get("/api/missing", 404)
+        self.get("/dead", 502)
+        self.get("/slow", 504)
+        self.get("/smuggle", 502)
+        self.get("/hangup", 502)
+        fams, body = self.scrape()
+
+        def req(route, code):
+            return self.v(fams, "kourier_upstream_requests_total",
+                          route=route, upstream=a, code=code)
+
+        def fail(route, reason, upstream=a):
+            return self.v(fams, "kourier_upstream_failures_total",
+                          route=route, upstream=upstream, reason=reason)
+        self.assertEqual(req("/api", "2xx"), 7)
+        self.assertEqual(req("/api", "4xx"), 3)
+        self.assertEqual(req("/api", "5xx"), 0)
+        for reason in ("connect", "timeout", "invalid", "closed"):
+            self.assertEqual(fail("/api", reason), 0, reason)
+        self.assertEqual(fail("/dead", "connect", d), 1)
+        self.assertEqual(fail("/slow", "timeout"), 1)
+        self.assertEqual(fail("/smuggle", "invalid"), 1)
+        self.assertEqual(fail("/hangup", "closed"), 1)
+        # responses that never came are not counted as responses
+        for route in ("/slow", "/smuggle", "/hangup"):
+            self.assertEqual(sum(req(route, c) for c in
+                                 ("1xx", "2xx", "3xx", "4xx", "5xx")), 0)
+
+        h = "kourier_upstream_response_duration_seconds"
+        self.assertEqual(fams[h]["type"], "histogram")
+        self.assertEqual(self.v(fams, h + "_count", h, route="/api",
+                                upstream=a), 10)
+        self.assertEqual(self.v(fams, h + "_bucket", h, route="/api",
+                                upstream=a, le="+Inf"), 10)
+        self.assertGreaterEqual(self.v(fams, h + "_sum", h, route="/api",
+                                       upstream=a), 0)
+
+        # passive health: one failure (max_fails 1) took these out
+        self.assertEqual(self.v(fams, "kourier_upstream_up", route="/dead",
+                                upstream=d), 0)
+        self.assertEqual(self.v(fams, "kourier_upstream_up", route="/api",
+                                upstream=a), 1)
+
+        # nothing in flight; every pooled connection is open upstream
+        conns = "kourier_upstream_connections"
+        idle = sum(self.v(fams, conns, route=r, upstream=a, state="idle")
+                   for r in ("/api", "/slow", "/smuggle", "/hangup"))
+        active = sum(self.v(fams, conns, route=r, upstream=a,
+                            state="active")
+                     for r in ("/api", "/slow", "/smuggle", "/hangup"))
+        self.assertEqual(active, 0)
+        self.a.wait(lambda: self.a.open == idle,
+                    "%d open connections (the pooled ones)" % idle)
+        self.assertGreaterEqual(idle, 1)
+        self.assertLessEqual(idle, self.WORKERS)
+
+        for name, typ in (("kourier_upstream_requests_total", "counter"),
+                          ("kourier_upstream_failures_total", "counter"),
+                          (h, "histogram"),
+                          ("kourier_upstream_up", "gauge"),
+                          ("kourier_upstream_connections", "gauge")):
+            self.assertEqual(fams[name]["type"], typ, name)
+            self.assertTrue(fams[name]["help"], name)
+        promtool = shutil.which("promtool")
+        if promtool:
+            r = subprocess.run([promtool, "check", "metrics"], input=body,
+                               capture_output=True, timeout=kt.DEADLINE)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_active_connection_gauge(self):
+        a = self.a.address
+        c = self.server.client()
+        self.addCleanup(c.close)
+        c.send(kt.request_bytes("GET", "/slow/held"))
+        self.a.wait(lambda: len(self.a.requests) == 1, "the request")
+        fams, _ = self.scrape()
+        self.assertEqual(self.v(fams, "kourier_upstream_connections",
+                                route="/slow", upstream=a, state="active"),
+                         1)
+        self.assertStatus(c.read_response(), 504)
+        fams, _ = self.scrape()
+        self.assertEqual(self.v(fams, "kourier_upstream_connections",
+                                route="/slow", upstream=a, state="active"),
+                         0)
+
+    def test_counts_survive_reload(self):
+        a = self.a.address
+        for _ in range(4):
+            self.get("/api/x", 200)
+        self.get("/dead", 502)
+        mark = self.server.log_mark()
+        rc, err = self.server.reload(self.config(
+            [{"prefix": "/more", "handler": "proxy", "upstreams": [a]}]))
+        self.assertEqual(rc, 0, err)
+        self.server.wait_workers(self.WORKERS, since=mark)
+        for _ in range(2):
+            self.get("/api/x", 200)
+        self.get("/more", 200)
+        fams, _ = self.scrape()
+        self.assertEqual(self.v(fams, "kourier_upstream_requests_total",
+                                route="/api", upstream=a, code="2xx"), 6)
+        self.assertEqual(self.v(fams, "kourier_upstream_requests_total",
+                                route="/more", upstream=a, code="2xx"), 1)
+        self.assertEqual(self.v(fams, "kourier_upstream_failures_total",
+                                route="/dead", upstream=self.dead,
+                                reason="connect"), 1)
+        # one entry per pair, whatever the number of workers and reloads
+        keys = [tuple(sorted(s[1].items())) for s in
+                fams["kourier_upstream_requests_total"]["samples"]]
+        self.assertEqual(len(keys), len(set(keys)))
+        self.assertEqual(len(keys), 5 * 6)
 
 
 if __name__ == "__main__":
