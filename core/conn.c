@@ -324,8 +324,17 @@ kou_conn_flush_plain(kou_conn_t *c)
              */
             struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t) n };
             w = sendmsg(c->ev.fd, &mh, MSG_MORE | MSG_NOSIGNAL);
+        } else if (n == 1) {
+            /*
+             * send/sendmsg rather than write/writev: the socket calls skip
+             * the file-position lock and the VFS layers, measurably
+             * cheaper per request.
+             */
+            w = send(c->ev.fd, iov[0].iov_base, iov[0].iov_len,
+                     MSG_NOSIGNAL);
         } else {
-            w = writev(c->ev.fd, iov, n);
+            struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t) n };
+            w = sendmsg(c->ev.fd, &mh, MSG_NOSIGNAL);
         }
         if (w < 0) {
             if (errno == EINTR) {
@@ -487,7 +496,7 @@ kou_conn_read(kou_conn_t *c)
     }
     while (c->in_end < c->in_size) {
         size_t  want = c->in_size - c->in_end;
-        ssize_t n = read(c->ev.fd, c->in + c->in_end, want);
+        ssize_t n = recv(c->ev.fd, c->in + c->in_end, want, 0);
 
         if (n > 0) {
             c->in_end += (size_t) n;
@@ -638,7 +647,7 @@ kou_conn_linger_read(kou_conn_t *c)
     ssize_t n;
 
     for (;;) {
-        n = read(c->ev.fd, buf, sizeof(buf));
+        n = recv(c->ev.fd, buf, sizeof(buf), 0);
         if (n > 0) {
             continue;
         }
