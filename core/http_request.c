@@ -159,6 +159,11 @@ kou_r_cleanup_add(kou_request_t *r, kou_callback_pt cb, void *arg)
     return KOU_OK;
 }
 
+/* The bytes of a variable name: [a-z0-9_]. */
+static const u_char kou_var_char[256] = {
+    ['0' ... '9'] = 1, ['a' ... 'z'] = 1, ['_'] = 1
+};
+
 int
 kou_r_var_set(kou_request_t *r, kou_str_t name, kou_str_t value)
 {
@@ -169,11 +174,7 @@ kou_r_var_set(kou_request_t *r, kou_str_t name, kou_str_t value)
         return KOU_ERROR;
     }
     for (size_t i = 0; i < name.n; i++) {
-        u_char ch = (u_char) name.p[i];
-
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')
-              || ch == '_'))
-        {
+        if (!kou_var_char[(u_char) name.p[i]]) {
             return KOU_ERROR;
         }
     }
@@ -431,19 +432,24 @@ kou_http_dispatch(kou_request_t *r)
         return;
     }
 
-    path = kou_r_palloc(r, p->path.n + 1);
-    if (path == NULL) {
-        kou_http_fail(r, 503, NULL);
-        return;
+    if (kou_path_is_normal((const u_char *) p->path.p, p->path.n)) {
+        r->path = p->path;          /* the common case: nothing to undo */
+    } else {
+        path = kou_r_palloc(r, p->path.n + 1);
+        if (path == NULL) {
+            kou_http_fail(r, 503, NULL);
+            return;
+        }
+        if (kou_path_normalize((const u_char *) p->path.p, p->path.n, path,
+                               &plen)
+            != KOU_OK)
+        {
+            kou_http_fail(r, 400, NULL);
+            return;
+        }
+        r->path.p = (const char *) path;
+        r->path.n = plen;
     }
-    if (kou_path_normalize((const u_char *) p->path.p, p->path.n, path, &plen)
-        != KOU_OK)
-    {
-        kou_http_fail(r, 400, NULL);
-        return;
-    }
-    r->path.p = (const char *) path;
-    r->path.n = plen;
 
     rc = kou_router_match(kou_worker.router, p->host, r->path, p->method,
                           p->method_id, &route);
@@ -674,10 +680,25 @@ kou_http_header_valid(const kou_header_t *h)
             return false;
         }
     }
-    for (size_t i = 0; i < h->value.n; i++) {
-        u_char ch = (u_char) h->value.p[i];
-        if (ch == '\r' || ch == '\n' || ch == '\0') {
-            return false;
+    for (size_t i = 0; i < h->value.n; ) {
+        uint64_t x;
+
+        if (h->value.n - i >= 8) {
+            /* no byte below 0x0e in eight: none of CR, LF, NUL */
+            memcpy(&x, h->value.p + i, 8);
+            if (((x - 0x0e0e0e0e0e0e0e0eull) & ~x & 0x8080808080808080ull)
+                == 0)
+            {
+                i += 8;
+                continue;
+            }
+        }
+        for (size_t e = kou_min(i + 8, h->value.n); i < e; i++) {
+            u_char ch = (u_char) h->value.p[i];
+
+            if (ch == '\r' || ch == '\n' || ch == '\0') {
+                return false;
+            }
         }
     }
     return true;
@@ -763,7 +784,7 @@ kou_http_send_head(kou_request_t *r, int status, const kou_header_t *headers,
     kou_conn_t     *c = r->c;
     kou_config_t   *cf = kou_worker.cf;
     kou_modules_t  *ms = kou_worker.mods;
-    kou_str_t       reason, date;
+    kou_str_t       lines;
     kou_hdr_list_t *x;
     bool            handler_close = false, cl = false;
     size_t          size;
@@ -830,23 +851,15 @@ kou_http_send_head(kou_request_t *r, int status, const kou_header_t *headers,
         size += x->h.name.n + x->h.value.n + 4;
     }
 
-    reason = kou_http_reason(status);
-    date = kou_http_date_line();
-    size += reason.n + date.n;
+    lines = kou_http_status_lines(status);
+    size += lines.n;
 
     start = p = kou_conn_reserve(c, size);
     if (p == NULL) {
         c->error = 1;
         return KOU_ERROR;
     }
-    p = kou_http_put_lit(p, "HTTP/1.1 ");
-    *p++ = (u_char) ('0' + status / 100);
-    *p++ = (u_char) ('0' + status / 10 % 10);
-    *p++ = (u_char) ('0' + status % 10);
-    *p++ = ' ';
-    p = kou_http_put(p, reason.p, reason.n);
-    p = kou_http_put_lit(p, "\r\nServer: kourier\r\n");
-    p = kou_http_put(p, date.p, date.n);
+    p = kou_http_put(p, lines.p, lines.n);
     if (cl) {
         p = kou_http_put_lit(p, "Content-Length: ");
         p = kou_http_put_u64(p, (uint64_t) length);

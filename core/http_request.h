@@ -142,6 +142,13 @@ kou_str_t kou_http_reason(int status);
 /* "Date: ...\r\n" for the current second (cached). */
 kou_str_t kou_http_date_line(void);
 
+/*
+ * The status line, Server and Date fields of a response ("HTTP/1.1 200
+ * OK\r\nServer: kourier\r\nDate: ...\r\n"), cached per status for the
+ * current second. status is 100..999.
+ */
+kou_str_t kou_http_status_lines(int status);
+
 /* ---- host functions (module.c puts them in kou_host) ---- */
 
 kou_str_t kou_r_method(kou_request_t *r);

@@ -89,3 +89,29 @@ kou_http_date_line(void)
     }
     return (kou_str_t){ line, len };
 }
+
+kou_str_t
+kou_http_status_lines(int status)
+{
+    static struct {
+        int    status;
+        time_t wall;
+        size_t len;
+        char   buf[160];
+    }              cache[16];
+    kou_str_t      date = kou_http_date_line();
+    __typeof__(cache[0]) *e = &cache[(unsigned) status % 16];
+
+    if (e->status != status || e->wall != kou_loop.wall || e->len == 0) {
+        kou_str_t reason = kou_http_reason(status);
+        int       n;
+
+        n = snprintf(e->buf, sizeof(e->buf),
+                     "HTTP/1.1 %03d %.*s\r\nServer: kourier\r\n%.*s",
+                     status, (int) reason.n, reason.p, (int) date.n, date.p);
+        e->len = n > 0 && (size_t) n < sizeof(e->buf) ? (size_t) n : 0;
+        e->status = status;
+        e->wall = kou_loop.wall;
+    }
+    return (kou_str_t){ e->buf, e->len };
+}

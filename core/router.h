@@ -74,4 +74,22 @@ bool kou_router_knows_method(const kou_router_t *rt, kou_str_t method);
 int kou_path_normalize(const u_char *src, size_t n, u_char *dst,
                        size_t *dst_len);
 
+/*
+ * Is src[0..n) already what kou_path_normalize would make of it (starts
+ * with '/', no '%', no "." or ".." segment)? Then it can be used as is.
+ */
+static inline bool
+kou_path_is_normal(const u_char *src, size_t n)
+{
+    if (n == 0 || src[0] != '/') {
+        return false;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if (src[i] == '%' || (src[i] == '.' && src[i - 1] == '/')) {
+            return false;
+        }
+    }
+    return true;
+}
+
 #endif /* KOU_ROUTER_H */

@@ -462,7 +462,32 @@ static const kou_t_norm_t kou_t_norms[] = {
     { "/a/.../b", KOU_OK, "/a/.../b" },
     { "/a/.b/..c", KOU_OK, "/a/.b/..c" },
     { "/a./b..", KOU_OK, "/a./b.." },
+    { "/hello", KOU_OK, "/hello" },
+    { "/static/style.min.css", KOU_OK, "/static/style.min.css" },
+    { "/a/b.", KOU_OK, "/a/b." },
 };
+
+/* Paths the shortcut must take (kou_t_norms checks it is right to). */
+START_TEST(test_normal_paths_skip_the_copy)
+{
+    static const char *const normal[] = {
+        "/", "/hello", "/a//b", "/static/style.min.css", "/a./b..", "/a/b."
+    };
+    static const char *const not_normal[] = {
+        "", "hello", "/.", "/a/.b", "/a/..", "/%41", "/a%2Fb"
+    };
+
+    for (size_t i = 0; i < kou_nelem(normal); i++) {
+        ck_assert_msg(kou_path_is_normal((const u_char *) normal[i],
+                                         strlen(normal[i])), "%s", normal[i]);
+    }
+    for (size_t i = 0; i < kou_nelem(not_normal); i++) {
+        ck_assert_msg(!kou_path_is_normal((const u_char *) not_normal[i],
+                                          strlen(not_normal[i])),
+                      "%s", not_normal[i]);
+    }
+}
+END_TEST
 
 START_TEST(test_normalize_cases)
 {
@@ -479,6 +504,11 @@ START_TEST(test_normalize_cases)
     memcpy(src, t->in, n);
     rc = kou_path_normalize(src, n, dst, &len);
     ck_assert_msg(rc == t->rc, "%s: rc %d, want %d", t->in, rc, t->rc);
+    /* the shortcut may only claim a path that normalises to itself */
+    if (kou_path_is_normal(src, n)) {
+        ck_assert_msg(rc == KOU_OK && len == n && memcmp(dst, src, n) == 0,
+                      "%s: kou_path_is_normal, but it changes", t->in);
+    }
     if (t->rc == KOU_OK) {
         ck_assert_msg(len == strlen(t->out)
                           && memcmp(dst, t->out, len) == 0,
@@ -603,6 +633,7 @@ kou_router_suite(void)
     tcase_add_loop_test(tn, test_normalize_cases, 0,
                         (int) kou_nelem(kou_t_norms));
     tcase_add_test(tn, test_normalize_every_escape);
+    tcase_add_test(tn, test_normal_paths_skip_the_copy);
     suite_add_tcase(s, tn);
     return s;
 }
