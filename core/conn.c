@@ -280,6 +280,7 @@ kou_conn_flush_plain(kou_conn_t *c)
     while (c->out_bytes > 0) {
         int         n = 0;
         ssize_t     w;
+        size_t      asked = 0, written;
         kou_obuf_t *b = c->out_head;
 
         if (b->fd < 0 && b->pos == b->last && b->next != NULL) {
@@ -297,6 +298,7 @@ kou_conn_flush_plain(kou_conn_t *c)
                 c->write_blocked = 1;
                 return KOU_AGAIN;
             }
+            asked = kou_min(b->last - b->pos, (size_t) 1 << 30);
             b->pos += (size_t) w;
             c->out_bytes -= (size_t) w;
             kou_conn_progress(c);
@@ -307,12 +309,22 @@ kou_conn_flush_plain(kou_conn_t *c)
                 }
                 kou_obuf_release(b);
             }
+            if ((size_t) w < asked) {
+                /*
+                 * A short write means the socket buffer is full (and the
+                 * kernel has noted it will report space): another call
+                 * now would only fail with EAGAIN.
+                 */
+                c->write_blocked = 1;
+                return KOU_AGAIN;
+            }
             continue;
         }
         for (; b != NULL && b->fd < 0 && n < KOU_IOV_MAX; b = b->next) {
             if (b->last > b->pos) {
                 iov[n].iov_base = b->data + b->pos;
                 iov[n].iov_len = b->last - b->pos;
+                asked += iov[n].iov_len;
                 n++;
             }
         }
@@ -351,6 +363,7 @@ kou_conn_flush_plain(kou_conn_t *c)
             return KOU_ERROR;
         }
         c->out_bytes -= (size_t) w;
+        written = (size_t) w;
         while (c->out_head != NULL && c->out_head->fd < 0) {
             b = c->out_head;
             size_t left = b->last - b->pos;
@@ -372,6 +385,10 @@ kou_conn_flush_plain(kou_conn_t *c)
             }
         }
         kou_conn_progress(c);
+        if (written < asked) {
+            c->write_blocked = 1;   /* short write: the buffer is full */
+            return KOU_AGAIN;
+        }
     }
     return KOU_OK;
 }
