@@ -31,8 +31,13 @@
  *
  * Every status is thus tied to a position in the input, which is why a
  * request split anywhere gives the same answer as a whole one. Resuming
- * costs nothing: p->pos is where step 1 stopped, and no byte before it is
- * classified again.
+ * costs next to nothing: p->pos is where step 1 stopped, and no line
+ * before it is looked at again (at most the rest of its 64-byte block is
+ * classified again, step 1 being done with the masks of whole blocks).
+ *
+ * A first call also tries the request line in the shape nearly all have
+ * (kou_http_request_fast) and leaves any other to the general code, which
+ * decides every status; no status comes from the shortcut.
  */
 
 #include <stdlib.h>
@@ -302,20 +307,36 @@ kou_http_scalar_span(const u_char *buf, size_t i, size_t e, unsigned set)
     return i;
 }
 
-static kou_http_line_t
-kou_http_scalar_field_start(const u_char *buf, size_t i, size_t e)
+static void
+kou_http_scalar_classify(const u_char *buf, size_t i, size_t e,
+                         kou_http_masks_t *m)
 {
-    kou_http_line_t r;
+    size_t   j, n = kou_min(e - i, 64);
+    uint64_t bit;
 
-    r.name = kou_http_scalar_span(buf, i, e, KOU_HTTP_SET_TCHAR);
-    r.end = kou_http_scalar_field_line(buf, r.name, e);
-    return r;
+    m->bad = m->ntc = m->npath = m->nreg = ~0ull;
+    for (j = 0; j < n; j++) {
+        bit = ~(1ull << j);
+        if (kou_http_fl[buf[i + j]]) {
+            m->bad &= bit;
+        }
+        if (kou_http_tchar[buf[i + j]]) {
+            m->ntc &= bit;
+        }
+        if (kou_http_path[buf[i + j]]) {
+            m->npath &= bit;
+        }
+        if (kou_http_regname[buf[i + j]]) {
+            m->nreg &= bit;
+        }
+    }
 }
 
 const kou_http_kernels_t kou_http_kernels_scalar = {
     kou_http_scalar_request_line,
     kou_http_scalar_field_line,
-    kou_http_scalar_field_start,
+    kou_http_scalar_classify,
+    false,
     kou_http_scalar_span
 };
 
@@ -355,6 +376,38 @@ kou_http_span_to(const u_char *buf, size_t i, size_t e, size_t rd,
                  unsigned set)
 {
     return kou_min(kou_http_kernels->span(buf, i, rd, set), e);
+}
+
+/*
+ * The masks of 64 bytes of the head from `base`, classified when a search
+ * first reaches them. Searches move forward through a call (a line's name,
+ * then its end, then the next line), so each block is classified once.
+ */
+typedef struct {
+    size_t           base;
+    kou_http_masks_t m;
+} kou_http_blk_t;
+
+/*
+ * kou_http_span_to for the PATH or REGNAME set (mask npath or nreg of b),
+ * from the block at hand when it holds the answer: a target or Host
+ * value costs a bit search, not a call, when its block is the one the
+ * line was found in. The kernels otherwise.
+ */
+static inline size_t
+kou_http_span_blk(const kou_http_blk_t *b, const u_char *buf, size_t i,
+                  size_t e, size_t rd, unsigned set)
+{
+    size_t   off = i - b->base;
+    uint64_t m;
+
+    if (off < 64) {
+        m = (set == KOU_HTTP_SET_PATH ? b->m.npath : b->m.nreg) >> off;
+        if (m != 0) {
+            return kou_min(i + (size_t) __builtin_ctzll(m), e);
+        }
+    }
+    return kou_http_span_to(buf, i, e, rd, set);
 }
 
 /*
@@ -751,9 +804,13 @@ kou_http_request_line(kou_http_parser_t *p, const u_char *buf, size_t v,
         && kou_http_span_to(buf, ts, te, rd, KOU_HTTP_SET_PATH) == te)
     {
         /* origin-form without query or pct-encoding: what most are */
-        kou_http_span(&p->target, ts, te - ts);
+        /*
+         * p->target already spans it; path is written apart rather than
+         * copied from it, which would load what was just stored in two
+         * halves as one, a load the store buffer cannot forward.
+         */
         p->target_form = KOU_TARGET_ORIGIN;
-        p->path = p->target;
+        kou_http_span(&p->path, ts, te - ts);
         kou_http_span(&p->query, te, 0);
     } else {
         rc = kou_http_target(p, buf, ts, te, rd);
@@ -1066,7 +1123,7 @@ kou_http_field_expect(kou_http_parser_t *p, const u_char *buf, size_t i,
  */
 static int
 kou_http_field_host(kou_http_parser_t *p, const u_char *buf, size_t s,
-                    size_t e, size_t rd)
+                    size_t e, size_t rd, const kou_http_blk_t *b)
 {
     size_t hend;
 
@@ -1076,7 +1133,7 @@ kou_http_field_host(kou_http_parser_t *p, const u_char *buf, size_t s,
     p->flags |= KOU_HP_HOST;
     if (p->target_form == KOU_TARGET_ORIGIN && e > s) {
         /* reg-name or IPv4, then the port if any: what nearly all are */
-        hend = kou_http_span_to(buf, s, e, rd, KOU_HTTP_SET_REGNAME);
+        hend = kou_http_span_blk(b, buf, s, e, rd, KOU_HTTP_SET_REGNAME);
         if (hend > s && kou_http_port(buf, hend, e)
             && (!kou_http_numeric_host(buf + s, hend - s)
                 || kou_http_ipv4(buf + s, hend - s)))
@@ -1102,13 +1159,14 @@ kou_http_field_host(kou_http_parser_t *p, const u_char *buf, size_t s,
 
 /*
  * A field line buf[s..e), CRLF excluded, HTAB/SP/VCHAR/obs-text only,
- * buf[0..rd) readable, its first non-tchar at `name`:
+ * buf[0..rd) readable, its first non-tchar at `name`, b a block of the
+ * head's masks (any: used only where it covers what is looked for):
  * field-name ":" OWS field-value OWS. A name followed by whitespace is not
  * a token: 400. (A line that starts with whitespace never gets here.)
  */
 static int
 kou_http_field_line(kou_http_parser_t *p, const u_char *buf, size_t s,
-                    size_t e, size_t rd, size_t name)
+                    size_t e, size_t rd, size_t name, const kou_http_blk_t *b)
 {
     size_t        i = name, vs, ve;
     kou_header_t *h;
@@ -1120,19 +1178,31 @@ kou_http_field_line(kou_http_parser_t *p, const u_char *buf, size_t s,
     if (p->nheaders == p->limits->max_headers) {
         return 431;
     }
-    vs = kou_http_skip_ows(buf, i + 1, e);
-    for (ve = e; ve > vs && kou_http_is_ows(buf[ve - 1]); ve--) {
+    /*
+     * No bounds: buf[e] is the CR, and buf[i] the colon, stop the scans,
+     * and a value of nothing but OWS ends where it starts.
+     */
+    vs = i + 1 + (buf[i + 1] == ' ');
+    if (kou_http_is_ows(buf[vs])) {
+        /* more than the one SP nearly every client sends */
+        for (vs++; kou_http_is_ows(buf[vs]); vs++) {
+            /* void */
+        }
+    }
+    for (ve = e; kou_http_is_ows(buf[ve - 1]); ve--) {
         /* void */
     }
+    ve = kou_max(ve, vs);
+    /* pointers, not offsets: see kou_http_parse_request */
     h = &p->headers[p->nheaders++];
-    kou_http_span(&h->name, s, i - s);
-    kou_http_span(&h->value, vs, ve - vs);
+    h->name = kou_http_str(buf, s, i);
+    h->value = kou_http_str(buf, vs, ve);
 
     /* by length first: at most one compare per field */
     switch (i - s) {
     case 4:
         if (kou_http_lc_eq(buf + s, "host", 4)) {
-            return kou_http_field_host(p, buf, vs, ve, rd);
+            return kou_http_field_host(p, buf, vs, ve, rd, b);
         }
         break;
     case 6:
@@ -1159,9 +1229,12 @@ kou_http_field_line(kou_http_parser_t *p, const u_char *buf, size_t s,
     return KOU_OK;
 }
 
-/* The empty line arrived: decisions that need every field, then results. */
+/*
+ * The empty line arrived: decisions that need every field, then results.
+ * The first n0 headers came in earlier calls and hold offsets.
+ */
 static int
-kou_http_head_done(kou_http_parser_t *p, const u_char *buf)
+kou_http_head_done(kou_http_parser_t *p, const u_char *buf, size_t n0)
 {
     size_t i;
 
@@ -1194,7 +1267,7 @@ kou_http_head_done(kou_http_parser_t *p, const u_char *buf)
     if (p->flags & KOU_HP_ROOT_PATH) {
         p->path = KOU_STR("/");
     }
-    for (i = 0; i < p->nheaders; i++) {
+    for (i = 0; i < n0; i++) {
         kou_http_rebase(&p->headers[i].name, buf);
         kou_http_rebase(&p->headers[i].value, buf);
     }
@@ -1231,9 +1304,203 @@ kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
 }
 
 /*
+ * The first k >= i, k <= end, whose bit is set in the bad mask (ntc
+ * false) or the not-tchar mask (ntc true): end when there is none, since
+ * classify sets the bits of positions at or after end. A search that
+ * starts before the block it has is answered too, by classifying again.
+ * Only for tiers with blocks (k->blocks).
+ */
+static inline __attribute__((always_inline)) size_t
+kou_http_next(const kou_http_kernels_t *k, const u_char *buf, size_t end,
+              kou_http_blk_t *b, size_t i, bool ntc)
+{
+    uint64_t m;
+
+    for ( ;; ) {
+        if (i - b->base < 64) {
+            m = (ntc ? b->m.ntc : b->m.bad) >> (i - b->base);
+            if (m != 0) {
+                return i + (size_t) __builtin_ctzll(m);
+            }
+            /* a whole block, so base + 64 <= end */
+            i = b->base + 64;
+        }
+        if (i >= end) {
+            return end;
+        }
+        /*
+         * Blocks at multiples of 64 from the start of buf: where the next
+         * one is does not wait for the lines before it, so its loads can
+         * issue while those lines are still being looked at.
+         */
+        b->base = i & ~(size_t) 63;
+        k->classify(buf, b->base, end, &b->m);
+    }
+}
+
+/* Where a field line ends, and its name. */
+typedef struct {
+    size_t end;
+    size_t name;
+} kou_http_line_t;
+
+static inline __attribute__((always_inline)) kou_http_line_t
+kou_http_line_slow(const kou_http_kernels_t *k, const u_char *buf,
+                   size_t end, kou_http_blk_t *b, size_t i)
+{
+    kou_http_line_t r;
+
+    size_t   off, j;
+    uint64_t m;
+
+    if (!k->blocks) {
+        /* the same two answers, by scanning */
+        r.name = k->span(buf, i, end, KOU_HTTP_SET_TCHAR);
+        r.end = k->field_line(buf, r.name, end);
+        return r;
+    }
+    r.name = kou_http_next(k, buf, end, b, i, true);
+    off = r.name - b->base;
+    if (off < 64 && (m = b->m.bad >> off) != 0) {
+        r.end = r.name + (size_t) __builtin_ctzll(m);
+        return r;
+    }
+    /*
+     * The line goes on into the next block, which the next line needs
+     * too: classify it. Every byte from the name to the end of the
+     * block before was in the class.
+     */
+    j = off < 64 ? b->base + 64 : r.name;
+    if (j >= end) {
+        r.end = end;
+        return r;
+    }
+    b->base = j & ~(size_t) 63;
+    k->classify(buf, b->base, end, &b->m);
+    m = b->m.bad >> (j - b->base);
+    if (m != 0) {
+        r.end = j + (size_t) __builtin_ctzll(m);
+        return r;
+    }
+    /*
+     * A line longer than that (a long cookie, say): the field-line scan
+     * alone is cheaper than the masks, which the next line classifies
+     * where it starts. A block without a bad bit is a whole one.
+     */
+    r.end = k->field_line(buf, b->base + 64, end);
+    return r;
+}
+
+/*
+ * The line that starts at i: both ends from the block at hand when its
+ * end is in it (its name's end then is too, since every bad byte is a
+ * non-tchar), the searches of kou_http_next otherwise.
+ */
+static inline __attribute__((always_inline)) kou_http_line_t
+kou_http_line(const kou_http_kernels_t *k, const u_char *buf, size_t end,
+              kou_http_blk_t *b, size_t i)
+{
+    kou_http_line_t r;
+    size_t          off = i - b->base;
+    uint64_t        m;
+
+    if (__builtin_expect(off < 64, 1)) {
+        m = b->m.bad >> off;
+        if (__builtin_expect(m != 0, 1)) {
+            r.end = i + (size_t) __builtin_ctzll(m);
+            r.name = i + (size_t) __builtin_ctzll(b->m.ntc >> off);
+            return r;
+        }
+    }
+    /* inlined too, so that the block stays in registers */
+    return kou_http_line_slow(k, buf, end, b, i);
+}
+
+/*
+ * The request line of a first call, when it has the shape nearly all
+ * have: token SP target SP "HTTP/1.1" or "HTTP/1.0" CRLF, all of it in
+ * buf[0..end) and within the limit. Such a line is judged by the same
+ * function as any other (kou_http_request_line), with the same spans: the
+ * target, once valid, holds no SP, so the SPs are the ones the general
+ * path would have found. Returns the offset after the LF; or 0, with p as
+ * it was, for any other line and for a line that is not acceptable, so
+ * that every status keeps the one source that ties it to a position.
+ */
+static size_t
+kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
+                      const kou_http_kernels_t *k, kou_http_blk_t *b)
+{
+    size_t   me, e, v, ts, te;
+    uint64_t w, v11, v10;
+    unsigned id;
+
+    if (!k->blocks) {
+        return 0;
+    }
+    me = kou_http_next(k, buf, end, b, 0, true);
+    if (me == 0 || me == end || buf[me] != ' ') {
+        return 0;
+    }
+    /* the first byte outside the field-line class: the CR, if all is well */
+    e = kou_http_next(k, buf, end, b, me + 1, false);
+    if (e + 1 >= end || e > p->limits->max_request_line || e < me + 11
+        || !kou_http_crlf(buf + e) || buf[e - 9] != ' ')
+    {
+        return 0;
+    }
+    v = e - 8;
+    memcpy(&w, buf + v, 8);
+    memcpy(&v11, "HTTP/1.1", 8);
+    memcpy(&v10, "HTTP/1.0", 8);
+    if (w != v11 && w != v10) {
+        return 0;
+    }
+    ts = me + 1;
+    te = v - 1;
+    kou_http_span(&p->method, 0, me);
+    kou_http_span(&p->target, ts, te - ts);
+    p->flags = KOU_HP_SP1 | KOU_HP_SP2;
+    id = kou_http_method_lookup(buf, me);
+    if (buf[ts] == '/' && id != KOU_METHOD_CONNECT
+        && kou_http_span_blk(b, buf, ts, te, end, KOU_HTTP_SET_PATH) == te)
+    {
+        /*
+         * What kou_http_request_line decides of such a line, without a
+         * call: the method is a token (the mask said so), the target the
+         * plain origin-form, the version one of the two compared above.
+         */
+        p->method_id = id;
+        p->target_form = KOU_TARGET_ORIGIN;
+        kou_http_span(&p->path, ts, te - ts);
+        kou_http_span(&p->query, te, 0);
+        p->version = buf[v + 7] == '0' ? 10 : 11;
+    } else if (kou_http_request_line(p, buf, v, end) != KOU_OK) {
+        /* undo what it set; the general path sets it again */
+        p->flags = 0;
+        p->method_id = KOU_METHOD_UNKNOWN;
+        p->target_form = KOU_TARGET_ORIGIN;
+        kou_http_span(&p->host, 0, 0);
+        kou_http_span(&p->port, 0, 0);
+        p->version = 0;
+        return 0;
+    }
+    p->flags |= KOU_HP_RL_DONE;
+    return e + 2;
+}
+
+/*
  * The state lives in locals while bytes last and goes back into p only
  * when the call ends; the loop over field lines, where a request spends
- * most of its lines, runs without going through the switch.
+ * most of its lines, runs without going through the switch. Field lines
+ * are found in the masks of kou_http_next: where one ends and where its
+ * name ends are two bit searches from where it starts, so the lines of a
+ * head do not wait on a scan each.
+ *
+ * A header found in this call is stored as pointers at once; only those of
+ * earlier calls, the first n0, hold offsets to rebase when the head is
+ * complete, and when the call ends short, this call's turn into offsets.
+ * Each is converted at most once either way, and a head parsed in one call
+ * needs no pass over its headers.
  */
 int
 kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
@@ -1241,6 +1508,8 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
     const kou_http_limits_t  *lim = p->limits;
     const kou_http_kernels_t *k = kou_http_kernels;
     size_t                    end, stop, pos, ls, name = SIZE_MAX, sp[2];
+    size_t                    n0 = p->nheaders, i;
+    kou_http_blk_t            blk;
     kou_http_line_t           line;
     unsigned                  state;
     int                       rc;
@@ -1250,6 +1519,17 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
     pos = p->pos;
     ls = p->line_start;
     state = p->state;
+    /* no block yet: any i - base is at least 64 */
+    blk.base = end + 64;
+
+    if (state == KOU_HP_REQUEST_LINE && pos == 0 && end != 0) {
+        pos = kou_http_request_fast(p, buf, end, k, &blk);
+        if (pos != 0) {
+            ls = pos;
+            state = KOU_HP_FIELD_LINE;
+            goto fields;
+        }
+    }
 
     switch (state) {
 
@@ -1307,15 +1587,16 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
             name = SIZE_MAX;
             goto field_end;
         }
+    fields:
         for ( ;; ) {
-            if (pos + 1 < end && kou_http_crlf(buf + pos)) {
-                /* the empty line that ends the head: no scan needed */
-                p->head_len = pos + 2;
-                return kou_http_head_done(p, buf);
-            }
-            line = k->field_start(buf, pos, end);
-            pos = line.end;
+            /*
+             * Every tchar is in the field-line class, so the line's first
+             * byte outside it is at or after the name's end; the empty
+             * line that ends the head is found the same way, at ls.
+             */
+            line = kou_http_line(k, buf, end, &blk, pos);
             name = line.name;
+            pos = line.end;
             /*
              * obs-fold (RFC 9112 §5.2): no later byte can redeem it. A
              * line that starts with SP or HTAB has an empty name, so only
@@ -1331,13 +1612,13 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
     field_line:
             if (pos - 2 == ls) {
                 p->head_len = pos;
-                return kou_http_head_done(p, buf);
+                return kou_http_head_done(p, buf, n0);
             }
             if (name == SIZE_MAX) {
                 name = kou_http_span_to(buf, ls, pos - 2, end,
                                         KOU_HTTP_SET_TCHAR);
             }
-            rc = kou_http_field_line(p, buf, ls, pos - 2, end, name);
+            rc = kou_http_field_line(p, buf, ls, pos - 2, end, name, &blk);
             if (rc != KOU_OK) {
                 return rc;
             }
@@ -1373,6 +1654,15 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
     }
 
 more:
+    /* the headers of this call go back to offsets, as the others are */
+    for (i = n0; i < p->nheaders; i++) {
+        kou_http_span(&p->headers[i].name,
+                      (size_t) (p->headers[i].name.p - (const char *) buf),
+                      p->headers[i].name.n);
+        kou_http_span(&p->headers[i].value,
+                      (size_t) (p->headers[i].value.p - (const char *) buf),
+                      p->headers[i].value.n);
+    }
     p->pos = pos;
     p->line_start = ls;
     p->state = state;

@@ -202,64 +202,79 @@ kou_avx2_request_line(const u_char *buf, size_t i, size_t e, size_t sp[2])
     return kou_avx2_request_line_rest(buf, i, e, sp, 0);
 }
 
-/* The slow ends of field_start, kept out of line so it needs no frame. */
-static __attribute__((noinline)) kou_http_line_t
-kou_avx2_field_start_short(const u_char *buf, size_t i, size_t e)
+/*
+ * The masks of two vectors' bytes, lo's first, shifted right by shl and
+ * shh to drop the bytes before i, then or'ed with fill. Written out set by
+ * set, in scalars: the compiler would otherwise gather the masks into a
+ * vector through the stack.
+ */
+static inline __attribute__((always_inline)) void
+kou_avx2_masks(kou_avx2_nib_t lo, kou_avx2_nib_t hi, unsigned shl,
+               unsigned shh, uint64_t fill, kou_http_masks_t *m)
 {
-    kou_http_line_t r;
+#define KOU_AVX2_JOIN(set, neg)                                               \
+    ((uint64_t) (((neg) ? ~kou_avx2_in(lo, set) : kou_avx2_in(lo, set))      \
+                 >> shl)                                                      \
+     | (uint64_t) (((neg) ? ~kou_avx2_in(hi, set) : kou_avx2_in(hi, set))    \
+                   >> shh) << 32                                              \
+     | fill)
 
-    r.name = kou_avx2_span(buf, i, e, KOU_HTTP_SET_TCHAR);
-    r.end = kou_avx2_field_line(buf, r.name, e);
-    return r;
+    m->bad = KOU_AVX2_JOIN(KOU_HTTP_SET_FL_BAD, false);
+    m->ntc = KOU_AVX2_JOIN(KOU_HTTP_SET_TCHAR, true);
+    m->npath = KOU_AVX2_JOIN(KOU_HTTP_SET_PATH, true);
+    m->nreg = KOU_AVX2_JOIN(KOU_HTTP_SET_REGNAME, true);
+#undef KOU_AVX2_JOIN
 }
 
-static __attribute__((noinline)) kou_http_line_t
-kou_avx2_field_start_long(const u_char *buf, size_t i, size_t e, uint32_t t)
+/*
+ * Fewer than 64 bytes left: vectors that end at e, shifted, or, in a
+ * buffer shorter than one, a copy padded with NULs (which are in no
+ * class, as the positions past e must be). The high half of a vector
+ * that ends at e stands for bytes past it when it is all there is, so it
+ * is shifted out whole (a NUL vector's masks are ones, which the fill
+ * also sets).
+ */
+static __attribute__((noinline)) void
+kou_avx2_classify_tail(const u_char *buf, size_t i, size_t e,
+                       kou_http_masks_t *m)
 {
-    kou_http_line_t r;
+    u_char         tmp[32] __attribute__((aligned(32)));
+    kou_avx2_nib_t lo, hi;
+    size_t         n = e - i;
 
-    r.name = t ? i + (size_t) __builtin_ctz(t)
-               : kou_avx2_span(buf, i + 32, e, KOU_HTTP_SET_TCHAR);
-    r.end = kou_avx2_field_line(buf, i + 32, e);
-    return r;
+    if (n > 32) {
+        lo = kou_avx2_nibbles(kou_avx2_load(buf + i));
+        hi = kou_avx2_nibbles(kou_avx2_load(buf + e - 32));
+        kou_avx2_masks(lo, hi, 0, (unsigned) (64 - n), ~0ull << n, m);
+        return;
+    }
+    if (e >= 32) {
+        lo = kou_avx2_nibbles(kou_avx2_load(buf + e - 32));
+    } else {
+        memset(tmp, 0, sizeof(tmp));
+        memcpy(tmp, buf + i, n);
+        lo = kou_avx2_nibbles(_mm256_load_si256((const __m256i *) tmp));
+        n = 32;
+    }
+    kou_avx2_masks(lo, lo, (unsigned) (32 - n), 0, ~0ull << (e - i), m);
 }
 
-static kou_http_line_t
-kou_avx2_field_start(const u_char *buf, size_t i, size_t e)
+static void
+kou_avx2_classify(const u_char *buf, size_t i, size_t e,
+                  kou_http_masks_t *m)
 {
-    kou_avx2_nib_t  n;
-    kou_http_line_t r;
-    uint32_t        t, f;
-    size_t          sh;
-
-    if (e - i >= 32) {
-        n = kou_avx2_nibbles(kou_avx2_load(buf + i));
-        t = ~kou_avx2_in(n, KOU_HTTP_SET_TCHAR);
-        f = kou_avx2_in(n, KOU_HTTP_SET_FL_BAD);
-        if (f == 0) {
-            return kou_avx2_field_start_long(buf, i, e, t);
-        }
-        /* the common line: its name and its end in one vector */
-        r.name = i + (size_t) __builtin_ctz(t);
-        r.end = i + (size_t) __builtin_ctz(f);
-        return r;
+    if (e - i < 64) {
+        kou_avx2_classify_tail(buf, i, e, m);
+        return;
     }
-    if (e < 32 || i == e) {
-        return kou_avx2_field_start_short(buf, i, e);
-    }
-    /* the last line in the buffer: one vector that ends at e */
-    sh = 32 - (e - i);
-    n = kou_avx2_nibbles(kou_avx2_load(buf + e - 32));
-    t = ~kou_avx2_in(n, KOU_HTTP_SET_TCHAR) >> sh;
-    f = kou_avx2_in(n, KOU_HTTP_SET_FL_BAD) >> sh;
-    r.name = t ? i + (size_t) __builtin_ctz(t) : e;
-    r.end = f ? i + (size_t) __builtin_ctz(f) : e;
-    return r;
+    kou_avx2_masks(kou_avx2_nibbles(kou_avx2_load(buf + i)),
+                   kou_avx2_nibbles(kou_avx2_load(buf + i + 32)), 0, 0, 0, m);
 }
 
 const kou_http_kernels_t kou_http_kernels_avx2 = {
     kou_avx2_request_line,
     kou_avx2_field_line,
-    kou_avx2_field_start,
+    kou_avx2_classify,
+    true,
     kou_avx2_span
 };

@@ -156,43 +156,30 @@ kou_512_request_line(const u_char *buf, size_t i, size_t e, size_t sp[2])
     return r;
 }
 
-/* A name or line longer than a vector: the rest, out of line. */
-static __attribute__((noinline)) kou_http_line_t
-kou_512_field_start_long(const u_char *buf, size_t i, size_t e,
-                         __mmask64 t)
+/*
+ * The masks of buf[i..i+64): masked-off bytes past e read as NULs, which
+ * are in no class, and their bits are set as the contract asks.
+ */
+static void
+kou_512_classify(const u_char *buf, size_t i, size_t e, kou_http_masks_t *m)
 {
-    kou_http_line_t r;
-
-    r.name = t ? kou_512_at(i, t)
-               : kou_512_span(buf, i + 64, e, KOU_HTTP_SET_TCHAR);
-    r.end = kou_512_field_line(buf, i + 64, e);
-    return r;
-}
-
-static kou_http_line_t
-kou_512_field_start(const u_char *buf, size_t i, size_t e)
-{
-    kou_512_nib_t   n;
-    kou_http_line_t r;
-    __mmask64       k, t, f;
+    kou_512_nib_t n;
+    __mmask64     k;
 
     k = kou_512_room(i, e);
     n = kou_512_nibbles(e - i >= 64 ? _mm512_loadu_si512(buf + i)
                                     : kou_512_load(k, buf + i));
-    t = ~kou_512_in(n, KOU_HTTP_SET_TCHAR) & k;
-    f = kou_512_in(n, KOU_HTTP_SET_FL_BAD) & k;
-    if (f == 0 && e - i > 64) {
-        return kou_512_field_start_long(buf, i, e, t);
-    }
-    r.name = t ? kou_512_at(i, t) : e;
-    r.end = f ? kou_512_at(i, f) : e;
-    return r;
+    m->bad = kou_512_in(n, KOU_HTTP_SET_FL_BAD) | ~k;
+    m->ntc = ~kou_512_in(n, KOU_HTTP_SET_TCHAR) | ~k;
+    m->npath = ~kou_512_in(n, KOU_HTTP_SET_PATH) | ~k;
+    m->nreg = ~kou_512_in(n, KOU_HTTP_SET_REGNAME) | ~k;
 }
 
 const kou_http_kernels_t kou_http_kernels_avx512 = {
     kou_512_request_line,
     kou_512_field_line,
-    kou_512_field_start,
+    kou_512_classify,
+    true,
     kou_512_span
 };
 
@@ -229,40 +216,25 @@ kou_512vbmi_span(const u_char *buf, size_t i, size_t e, unsigned set)
     return m ? kou_512_at(i, m) : e;
 }
 
-static __attribute__((noinline)) KOU_VBMI kou_http_line_t
-kou_512vbmi_field_start_long(const u_char *buf, size_t i, size_t e,
-                             __mmask64 t)
+static KOU_VBMI void
+kou_512vbmi_classify(const u_char *buf, size_t i, size_t e,
+                     kou_http_masks_t *m)
 {
-    kou_http_line_t r;
-
-    r.name = t ? kou_512_at(i, t)
-               : kou_512vbmi_span(buf, i + 64, e, KOU_HTTP_SET_TCHAR);
-    r.end = kou_512_field_line(buf, i + 64, e);
-    return r;
-}
-
-static KOU_VBMI kou_http_line_t
-kou_512vbmi_field_start(const u_char *buf, size_t i, size_t e)
-{
-    kou_http_line_t r;
-    __m512i         v;
-    __mmask64       k, t, f;
+    __m512i   v;
+    __mmask64 k;
 
     k = kou_512_room(i, e);
     v = e - i >= 64 ? _mm512_loadu_si512(buf + i) : kou_512_load(k, buf + i);
-    t = ~kou_512vbmi_in(v, KOU_HTTP_SET_TCHAR) & k;
-    f = kou_512vbmi_in(v, KOU_HTTP_SET_FL_BAD) & k;
-    if (f == 0 && e - i > 64) {
-        return kou_512vbmi_field_start_long(buf, i, e, t);
-    }
-    r.name = t ? kou_512_at(i, t) : e;
-    r.end = f ? kou_512_at(i, f) : e;
-    return r;
+    m->bad = kou_512vbmi_in(v, KOU_HTTP_SET_FL_BAD) | ~k;
+    m->ntc = ~kou_512vbmi_in(v, KOU_HTTP_SET_TCHAR) | ~k;
+    m->npath = ~kou_512vbmi_in(v, KOU_HTTP_SET_PATH) | ~k;
+    m->nreg = ~kou_512vbmi_in(v, KOU_HTTP_SET_REGNAME) | ~k;
 }
 
 const kou_http_kernels_t kou_http_kernels_avx512vbmi = {
     kou_512_request_line,
     kou_512_field_line,
-    kou_512vbmi_field_start,
+    kou_512vbmi_classify,
+    true,
     kou_512vbmi_span
 };

@@ -1,14 +1,16 @@
 /*
  * The byte-classification kernels of the HTTP/1.1 parser: the only code
  * that differs between tiers. One state machine (http_parse.c) calls them
- * through a table of function pointers, once per line or per part of a
- * line, never per byte.
+ * through a table of function pointers, once per 64-byte block of the
+ * head, or per part of a line where a block does not answer, never per
+ * byte.
  *
- * Every kernel returns the least k in [i, e) such that buf[k] is outside
- * its class, or e when there is none. It may read any byte of buf[0..e),
- * including bytes before i (a vector ending at e may reach back), and none
- * at or after e. The scalar kernels in http_parse.c are the definition;
- * each tier must return the same k for every input.
+ * Every scanning kernel returns the least k in [i, e) such that buf[k] is
+ * outside its class, or e when there is none; classify returns bit masks
+ * instead. A kernel may read any byte of buf[0..e), including bytes before
+ * i (a vector ending at e may reach back), and none at or after e. The
+ * scalar kernels in http_parse.c are the definition; each tier must return
+ * the same results for every input.
  *
  * Private to the parser: tier files and http_parse.c include it, nothing
  * else should.
@@ -46,10 +48,17 @@ typedef struct {
 
 extern kou_http_sets_t kou_http_sets;
 
+/*
+ * What classify says of 64 bytes, bit j for byte i + j; a bit is also set
+ * for every position at or after e, so that a search for the next set bit
+ * never passes the end of the input.
+ */
 typedef struct {
-    size_t end;
-    size_t name;
-} kou_http_line_t;
+    uint64_t bad;             /* outside the field-line class */
+    uint64_t ntc;             /* not a tchar (every bad byte is one) */
+    uint64_t npath;           /* not in kou_http_sets.<PATH> */
+    uint64_t nreg;            /* not in kou_http_sets.<REGNAME> */
+} kou_http_masks_t;
 
 typedef struct {
     /*
@@ -62,12 +71,20 @@ typedef struct {
     /* Class HTAB, SP, VCHAR, obs-text: all but 0x00-0x08, 0x0a-0x1f, DEL. */
     size_t (*field_line)(const u_char *buf, size_t i, size_t e);
     /*
-     * field_line for a scan that starts a line: end is what field_line
-     * returns, name the first k >= i that is not a tchar, or e (never
-     * more than end, since every tchar is in the field-line class). Two
-     * values in registers, not one through memory: this runs per line.
+     * The masks of buf[i..i+64), i < e, into *m: the head is classified
+     * 64 bytes at a time, ahead of the lines, so that finding where a
+     * field line and its name end, or whether a short target or Host is
+     * all path or reg-name bytes, is a bit search, not a scan that must
+     * wait for the line before it.
      */
-    kou_http_line_t (*field_start)(const u_char *buf, size_t i, size_t e);
+    void (*classify)(const u_char *buf, size_t i, size_t e,
+                     kou_http_masks_t *m);
+    /*
+     * Whether the parser should find lines with classify: a tier that
+     * classifies a byte at a time does better scanning each line, and
+     * keeps classify only as the definition the tests compare with.
+     */
+    bool blocks;
     /* Class kou_http_sets.<set>, one of the first four. */
     size_t (*span)(const u_char *buf, size_t i, size_t e, unsigned set);
 } kou_http_kernels_t;

@@ -167,62 +167,73 @@ kou_sse_request_line(const u_char *buf, size_t i, size_t e, size_t sp[2])
     return k;
 }
 
-/* The slow ends of field_start, kept out of line. */
-static __attribute__((noinline)) kou_http_line_t
-kou_sse_field_start_short(const u_char *buf, size_t i, size_t e)
+/* The masks of the 64 bytes at p, all readable, or'ed with fill. */
+static inline void
+kou_sse_masks64(const u_char *p, kou_http_masks_t *m, uint64_t fill)
 {
-    kou_http_line_t r;
+    kou_sse_nib_t n;
+    uint64_t      bad = 0, ntc = 0, npath = 0, nreg = 0;
+    unsigned      j;
 
-    r.name = kou_sse_span(buf, i, e, KOU_HTTP_SET_TCHAR);
-    r.end = kou_sse_field_line(buf, r.name, e);
-    return r;
+    for (j = 0; j < 4; j++) {
+        n = kou_sse_nibbles(kou_sse_load(p + 16 * j));
+        bad |= (uint64_t) kou_sse_in(n, KOU_HTTP_SET_FL_BAD) << (16 * j);
+        ntc |= (uint64_t) (~kou_sse_in(n, KOU_HTTP_SET_TCHAR) & 0xffff)
+               << (16 * j);
+        npath |= (uint64_t) (~kou_sse_in(n, KOU_HTTP_SET_PATH) & 0xffff)
+                 << (16 * j);
+        nreg |= (uint64_t) (~kou_sse_in(n, KOU_HTTP_SET_REGNAME) & 0xffff)
+                << (16 * j);
+    }
+    m->bad = bad | fill;
+    m->ntc = ntc | fill;
+    m->npath = npath | fill;
+    m->nreg = nreg | fill;
 }
 
-static __attribute__((noinline)) kou_http_line_t
-kou_sse_field_start_long(const u_char *buf, size_t i, size_t e, uint32_t t)
+/*
+ * Fewer than 64 bytes left: the 64 that end at e, shifted, or, in a
+ * buffer shorter than that, a copy padded with NULs (which are in no
+ * class, as the positions past e must be).
+ */
+static __attribute__((noinline)) void
+kou_sse_classify_tail(const u_char *buf, size_t i, size_t e,
+                      kou_http_masks_t *m)
 {
-    kou_http_line_t r;
+    u_char tmp[64] __attribute__((aligned(16)));
+    size_t n = e - i;
 
-    r.name = t ? i + (size_t) __builtin_ctz(t)
-               : kou_sse_span(buf, i + 16, e, KOU_HTTP_SET_TCHAR);
-    r.end = kou_sse_field_line(buf, i + 16, e);
-    return r;
+    if (e >= 64) {
+        kou_sse_masks64(buf + e - 64, m, 0);
+        m->bad >>= 64 - n;
+        m->ntc >>= 64 - n;
+        m->npath >>= 64 - n;
+        m->nreg >>= 64 - n;
+    } else {
+        memset(tmp, 0, sizeof(tmp));
+        memcpy(tmp, buf + i, n);
+        kou_sse_masks64(tmp, m, 0);
+    }
+    m->bad |= ~0ull << n;
+    m->ntc |= ~0ull << n;
+    m->npath |= ~0ull << n;
+    m->nreg |= ~0ull << n;
 }
 
-static kou_http_line_t
-kou_sse_field_start(const u_char *buf, size_t i, size_t e)
+static void
+kou_sse_classify(const u_char *buf, size_t i, size_t e, kou_http_masks_t *m)
 {
-    kou_sse_nib_t   n;
-    kou_http_line_t r;
-    uint32_t        t, f;
-    size_t          sh;
-
-    if (e - i >= 16) {
-        n = kou_sse_nibbles(kou_sse_load(buf + i));
-        t = ~kou_sse_in(n, KOU_HTTP_SET_TCHAR) & 0xffff;
-        f = kou_sse_in(n, KOU_HTTP_SET_FL_BAD);
-        if (f == 0) {
-            return kou_sse_field_start_long(buf, i, e, t);
-        }
-        r.name = i + (size_t) __builtin_ctz(t);
-        r.end = i + (size_t) __builtin_ctz(f);
-        return r;
+    if (e - i >= 64) {
+        kou_sse_masks64(buf + i, m, 0);
+        return;
     }
-    if (e < 16 || i == e) {
-        return kou_sse_field_start_short(buf, i, e);
-    }
-    sh = 16 - (e - i);
-    n = kou_sse_nibbles(kou_sse_load(buf + e - 16));
-    t = (~kou_sse_in(n, KOU_HTTP_SET_TCHAR) & 0xffff) >> sh;
-    f = kou_sse_in(n, KOU_HTTP_SET_FL_BAD) >> sh;
-    r.name = t ? i + (size_t) __builtin_ctz(t) : e;
-    r.end = f ? i + (size_t) __builtin_ctz(f) : e;
-    return r;
+    kou_sse_classify_tail(buf, i, e, m);
 }
 
 const kou_http_kernels_t kou_http_kernels_sse42 = {
     kou_sse_request_line,
     kou_sse_field_line,
-    kou_sse_field_start,
+    kou_sse_classify,
+    true,
     kou_sse_span
 };
