@@ -48,6 +48,8 @@
 
 #include <kourier/module.h>
 
+#include "../shm_table.h"
+
 /* Histogram bucket bounds (µs), Prometheus's default .005 s .. 10 s. */
 #define KOU_METRICS_NBOUNDS 11
 #define KOU_METRICS_NBUCKETS (KOU_METRICS_NBOUNDS + 1)     /* with +Inf */
@@ -58,9 +60,7 @@
 
 #define KOU_METRICS_CACHE 32               /* per-route lookup cache */
 
-#define KOU_METRICS_CLAIMED (UINT64_C(1) << 63)
-#define KOU_METRICS_READY   (UINT64_C(1) << 62)
-#define KOU_METRICS_HMASK   (KOU_METRICS_READY - 1)
+#define KOU_METRICS_CLAIMED KOU_SHM_CLAIMED   /* series keys, too */
 
 /* Methods with a label of their own; anything else is "other". */
 enum {
@@ -364,7 +364,7 @@ kou_metrics_hash(kou_str_t s)
     for (size_t i = 0; i < s.n; i++) {
         h = (h ^ (unsigned char) s.p[i]) * UINT64_C(0x100000001b3);
     }
-    h &= KOU_METRICS_HMASK;
+    h &= KOU_SHM_HMASK;
     return h != 0 ? h : 1;
 }
 
@@ -372,16 +372,12 @@ kou_metrics_hash(kou_str_t s)
  * The registry index of route `name`, inserting it: -1 when the name is
  * too long or the registry is full. Runs at worker_init only.
  *
- * An entry is claimed by CAS (hash | CLAIMED), then its name is written
- * and READY published. A process that finds its hash claimed but not
- * ready waits a little for the claimant; if the claimant died in that
- * window, the waiter writes the same name itself (the bytes are the same
- * for the same hash, barring a 62-bit collision).
+ * Claimed without a lock, the same way by every process (shm_table.h).
  */
 static int
 kou_metrics_route_id(kou_metrics_t *m, kou_str_t name)
 {
-    uint64_t h = kou_metrics_hash(name), want = h | KOU_METRICS_CLAIMED;
+    uint64_t h = kou_metrics_hash(name);
 
     if (name.n > KOU_METRICS_ROUTE_MAX) {
         return -1;
@@ -389,34 +385,20 @@ kou_metrics_route_id(kou_metrics_t *m, kou_str_t name)
     for (uint32_t i = 0; i < m->max_routes; i++) {
         uint32_t            k = (uint32_t) ((h + i) % m->max_routes);
         kou_metrics_rent_t *e = &m->rents[k];
-        uint64_t            cur = __atomic_load_n(&e->state,
-                                                  __ATOMIC_ACQUIRE);
-        int                 mine = 0;
 
-        if (cur == 0) {
-            uint64_t expect = 0;
-            mine = __atomic_compare_exchange_n(&e->state, &expect, want, 0,
-                                               __ATOMIC_ACQ_REL,
-                                               __ATOMIC_ACQUIRE);
-            cur = mine ? want : expect;
-        }
-        if ((cur & KOU_METRICS_HMASK) != h) {
-            continue;
-        }
-        for (int spin = 0; !mine && !(cur & KOU_METRICS_READY)
-                           && spin < 1000000; spin++)
-        {
-            cur = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
-        }
-        if (mine || !(cur & KOU_METRICS_READY)) {
+        switch (kou_shm_probe(&e->state, h)) {
+        case KOU_SHM_WRITE:
             memcpy(e->name, name.p, name.n);
             e->len = (uint32_t) name.n;
-            __atomic_store_n(&e->state, want | KOU_METRICS_READY,
-                             __ATOMIC_RELEASE);
+            kou_shm_publish(&e->state, h);
             return (int) k;
-        }
-        if (e->len == name.n && memcmp(e->name, name.p, name.n) == 0) {
-            return (int) k;
+        case KOU_SHM_COMPARE:
+            if (e->len == name.n && memcmp(e->name, name.p, name.n) == 0) {
+                return (int) k;
+            }
+            break;
+        case KOU_SHM_OTHER:
+            break;
         }
     }
     return -1;
@@ -846,7 +828,7 @@ kou_metrics_rname(const kou_metrics_t *m, uint32_t id, kou_str_t *out)
     const kou_metrics_rent_t *e = &m->rents[id];
     uint64_t st = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
 
-    if (!(st & KOU_METRICS_READY) || e->len > KOU_METRICS_ROUTE_MAX) {
+    if (!(st & KOU_SHM_READY) || e->len > KOU_METRICS_ROUTE_MAX) {
         return KOU_DECLINED;
     }
     out->p = e->name;
