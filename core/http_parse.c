@@ -1274,6 +1274,18 @@ kou_http_head_done(kou_http_parser_t *p, const u_char *buf, size_t n0)
     return KOU_OK;
 }
 
+/* What a request line sets, back to "none yet". */
+static void
+kou_http_rl_reset(kou_http_parser_t *p)
+{
+    p->flags = 0;
+    p->method_id = KOU_METHOD_UNKNOWN;
+    p->target_form = KOU_TARGET_ORIGIN;
+    kou_http_span(&p->host, 0, 0);
+    kou_http_span(&p->port, 0, 0);
+    p->version = 0;
+}
+
 void
 kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
                      kou_header_t *headers)
@@ -1287,12 +1299,7 @@ kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
     p->pos = 0;
     p->line_start = 0;
     p->state = KOU_HP_REQUEST_LINE;
-    p->flags = 0;
-    p->method_id = KOU_METHOD_UNKNOWN;
-    p->target_form = KOU_TARGET_ORIGIN;
-    kou_http_span(&p->host, 0, 0);
-    kou_http_span(&p->port, 0, 0);
-    p->version = 0;
+    kou_http_rl_reset(p);
     p->nheaders = 0;
     p->content_length = -1;
     p->chunked = 0;
@@ -1476,12 +1483,7 @@ kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
         p->version = buf[v + 7] == '0' ? 10 : 11;
     } else if (kou_http_request_line(p, buf, v, end) != KOU_OK) {
         /* undo what it set; the general path sets it again */
-        p->flags = 0;
-        p->method_id = KOU_METHOD_UNKNOWN;
-        p->target_form = KOU_TARGET_ORIGIN;
-        kou_http_span(&p->host, 0, 0);
-        kou_http_span(&p->port, 0, 0);
-        p->version = 0;
+        kou_http_rl_reset(p);
         return 0;
     }
     p->flags |= KOU_HP_RL_DONE;
