@@ -591,6 +591,28 @@ kou_conn_set_timer(kou_conn_t *c, unsigned kind, uint64_t ms)
     }
 }
 
+/*
+ * An upgraded connection has one idle timeout for both directions: it
+ * runs while no byte moves either way (the client's bytes handed to the
+ * module, the module's queued for the client), whatever each side has
+ * half-closed, and while the module holds the client back (a module that
+ * waits on its other end keeps its own send timeout for that). Output
+ * the client does not take is the send timeout's business, as always.
+ */
+static void
+kou_conn_tunnel_timer(kou_conn_t *c, kou_request_t *r)
+{
+    uint64_t ms = r->tunnel_ms_set ? r->tunnel_ms
+                                   : kou_worker.cf->limits.idle_timeout;
+
+    if (ms == 0) {
+        kou_conn_set_timer(c, KOU_TIMER_NONE, 0);
+    } else if (c->timer_kind != KOU_TIMER_TUNNEL || r->body_progress) {
+        r->body_progress = 0;
+        kou_conn_set_timer(c, KOU_TIMER_TUNNEL, ms);
+    }
+}
+
 /* Choose the timer that fits what the connection is waiting for. */
 static void
 kou_conn_update_timer(kou_conn_t *c)
@@ -618,7 +640,9 @@ kou_conn_update_timer(kou_conn_t *c)
         kou_conn_set_timer(c, KOU_TIMER_HEADER, l->header_timeout);
         break;
     case KOU_CONN_ACTIVE:
-        if (c->r != NULL && !c->r->body_done
+        if (c->r != NULL && c->r->tunnel) {
+            kou_conn_tunnel_timer(c, c->r);
+        } else if (c->r != NULL && !c->r->body_done
             && (c->r->body_cb != NULL || c->r->resp_done)
             && (!c->r->body_paused || c->r->resp_done))
         {
@@ -708,6 +732,10 @@ kou_conn_run(kou_conn_t *c)
                 && c->in_start == c->in_end)
             {
                 if (c->eof) {
+                    if (r->tunnel && !c->error) {
+                        /* a half-close, passed on once the module resumes */
+                        break;
+                    }
                     /* the client went away in the middle of its body */
                     c->error = 1;
                     break;
@@ -798,6 +826,25 @@ kou_conn_run(kou_conn_t *c)
 }
 
 /*
+ * The module ended its direction of a tunnel and every byte of it has
+ * reached the kernel: send our FIN (after a TLS close_notify) and keep
+ * reading the client's side until its own end.
+ */
+static void
+kou_conn_shutdown_write(kou_conn_t *c)
+{
+    c->wr_shut = 1;
+    if (c->tls != NULL) {
+        kou_tls_shutdown(c);
+    }
+    if (shutdown(c->ev.fd, SHUT_WR) != 0) {
+        kou_log_debug("client %s: shutdown: %s", c->addr_text,
+                      strerror(errno));
+        c->error = 1;
+    }
+}
+
+/*
  * The end of every run: write what was produced, then decide between
  * closing, lingering, waiting for output to drain, or waiting for input.
  */
@@ -819,6 +866,15 @@ kou_conn_finish_run(kou_conn_t *c)
         {
             /* write-done callbacks or a finished response may let us go on */
             kou_conn_post(c);
+        }
+    }
+    if (c->r != NULL && c->r->tunnel && c->r->resp_done && !c->wr_shut
+        && c->out_bytes == 0)
+    {
+        kou_conn_shutdown_write(c);
+        if (c->error) {
+            kou_conn_close(c);
+            return;
         }
     }
     if (c->closing && c->r == NULL) {
@@ -883,6 +939,14 @@ kou_conn_ev_handler(kou_ev_t *ev, uint32_t events)
         if (!(events & EPOLLIN)) {
             c->error = 1;
         }
+    }
+    if ((events & EPOLLERR) && c->eof && c->r != NULL && c->r->tunnel) {
+        /*
+         * A reset after the client's half-close: nothing reads the socket
+         * any more to find out, and the module may be waiting on its
+         * other end.
+         */
+        c->error = 1;
     }
     if ((events & EPOLLOUT) && c->out_bytes > 0) {
         kou_conn_flush(c);
@@ -1017,6 +1081,11 @@ kou_conn_timer_handler(kou_timer_t *t)
         return;
     case KOU_TIMER_SEND:
         kou_log_info("client %s: send timed out", c->addr_text);
+        kou_conn_close(c);
+        return;
+    case KOU_TIMER_TUNNEL:
+        kou_log_info("client %s: tunnel idle for too long: closed",
+                     c->addr_text);
         kou_conn_close(c);
         return;
     case KOU_TIMER_HANDSHAKE:

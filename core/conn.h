@@ -66,7 +66,8 @@ typedef enum {
     KOU_TIMER_IDLE,
     KOU_TIMER_SEND,
     KOU_TIMER_LINGER,
-    KOU_TIMER_HANDSHAKE
+    KOU_TIMER_HANDSHAKE,
+    KOU_TIMER_TUNNEL     /* an upgraded connection moved no byte */
 } kou_conn_timer_e;
 
 struct kou_conn_s {
@@ -107,6 +108,8 @@ struct kou_conn_s {
     unsigned        sock_readable:1;  /* the socket itself may have bytes
                                          (TLS: readable also counts the
                                          ciphertext already read) */
+    unsigned        wr_shut:1;     /* our side is shut down (a tunnel
+                                      half-closed by its module) */
 
     char            addr_text[48];
     kou_str_t       addr;

@@ -566,8 +566,12 @@ kou_http_request_begin(kou_conn_t *c)
 static void
 kou_http_body_deliver(kou_request_t *r, const u_char *p, size_t n, int last)
 {
-    if (r->body_cb == NULL || r->resp_done) {
-        return;  /* discarding: the response is already complete */
+    if (r->body_cb == NULL || (r->resp_done && !r->tunnel)) {
+        /*
+         * Discarding: the response is already complete. Not so in a
+         * tunnel, where the module's finish() ends only its direction.
+         */
+        return;
     }
     r->body_cb(r, (kou_str_t){ (const char *) p, n }, last, r->body_arg);
 }
@@ -581,7 +585,7 @@ kou_http_body_feed(kou_request_t *r)
         const u_char *avail = c->in + c->in_start;
         size_t        n = c->in_end - c->in_start;
 
-        if (r->body_paused && !r->resp_done) {
+        if (r->body_paused && (!r->resp_done || r->tunnel)) {
             break;  /* back-pressure: the bytes wait in the buffer */
         }
 
@@ -631,6 +635,19 @@ kou_http_body_feed(kou_request_t *r)
             break;
         }
     }
+    if (r->tunnel && !r->body_done && c->eof && !c->error
+        && c->in_start == c->in_end && !r->body_paused)
+    {
+        /*
+         * The client half-closed the tunnel (its FIN after every byte it
+         * sent): the end of its stream, not of the connection. The module
+         * passes it on; the bytes it still writes go out as before.
+         */
+        r->body_done = 1;
+        r->body_progress = 1;
+        kou_http_body_deliver(r, (const u_char *) "", 0, 1);
+        return KOU_OK;
+    }
     if (c->r == r && c->in_start == c->in_end && !r->body_done) {
         /* everything after the head was consumed: reuse the space */
         c->in_start = c->in_end = r->head_end;
@@ -663,6 +680,21 @@ kou_r_read_body(kou_request_t *r, kou_body_pt on_data, void *arg)
     }
     if (!c->in_process) {
         kou_conn_post(c);
+    }
+    return KOU_OK;
+}
+
+int
+kou_r_tunnel_timeout(kou_request_t *r, uint64_t ms)
+{
+    if (!r->tunnel) {
+        return KOU_ERROR;
+    }
+    r->tunnel_ms = ms;
+    r->tunnel_ms_set = 1;
+    r->body_progress = 1;   /* re-armed with the new value */
+    if (!r->c->in_process) {
+        kou_conn_post(r->c);
     }
     return KOU_OK;
 }
@@ -941,6 +973,9 @@ kou_r_write(kou_request_t *r, kou_str_t data, kou_write_done_pt done,
         return KOU_ERROR;
     }
     r->resp_sent += data.n;
+    if (r->tunnel && data.n > 0) {
+        r->body_progress = 1;   /* the tunnel is not idle */
+    }
     if (!r->resp_no_body && data.n > 0) {
         if (r->resp_chunked) {
             char line[24];
@@ -1059,9 +1094,11 @@ kou_r_finish(kou_request_t *r)
     if (!r->head_sent || r->resp_done) {
         return KOU_ERROR;
     }
-    if (r->tunnel) {
-        r->body_done = 1;   /* the tunnel ends both ways */
-    }
+    /*
+     * In a tunnel this ends the module's direction only: once the queued
+     * bytes are out, the connection half-closes (conn.c) and the client's
+     * bytes keep flowing to on_data until its own end.
+     */
     if (r->resp_chunked && !r->resp_no_body) {
         if (kou_conn_out(c, "0\r\n\r\n", 5) != KOU_OK) {
             c->error = 1;

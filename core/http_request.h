@@ -70,6 +70,8 @@ struct kou_request_s {
     unsigned                aborted:1;
     unsigned                body_paused:1;    /* read_body_pause: hold on */
     unsigned                tunnel:1;         /* after a 101 (upgrade) */
+    unsigned                tunnel_ms_set:1;  /* tunnel_timeout was called */
+    uint64_t                tunnel_ms;        /* its value; 0: no timeout */
 
     /* response */
     unsigned                head_sent:1;
@@ -181,5 +183,13 @@ int kou_r_sendfile(kou_request_t *r, int fd, int64_t offset, int64_t length);
 int kou_r_request_info(kou_request_t *r, kou_request_info_t *info);
 int kou_r_var_set(kou_request_t *r, kou_str_t name, kou_str_t value);
 int kou_r_var_get(kou_request_t *r, kou_str_t name, kou_str_t *value);
+
+/*
+ * How long the tunnel of an upgraded request may move no byte in either
+ * direction before the server closes it (ms; 0: never). Until a module
+ * calls it, limits.idle_timeout applies. KOU_OK, or KOU_ERROR when the
+ * request has not been upgraded.
+ */
+int kou_r_tunnel_timeout(kou_request_t *r, uint64_t ms);
 
 #endif /* KOU_HTTP_REQUEST_H */

@@ -582,8 +582,9 @@ kou_r_upgrade(kou_request_t *r, const kou_header_t *headers, size_t nheaders,
 
     /*
      * From here the client's bytes are an endless body: the body machinery
-     * already streams, pauses and times out the way a tunnel needs, and
-     * works the same over TLS.
+     * already streams and pauses the way a tunnel needs, and works the same
+     * over TLS; the tunnel has its own idle timer (tunnel_timeout), and the
+     * client's FIN or close_notify is the body's end (last = 1).
      */
     r->tunnel = 1;
     r->body_done = 0;

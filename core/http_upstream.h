@@ -63,8 +63,10 @@ int kou_r_abort(kou_request_t *r);
 /*
  * Answer 101 and turn the connection into a tunnel (see kou_host_t
  * .upgrade): the client's bytes go to on_data through the body machinery
- * (an endless body), the module's go out raw with write(), finish() closes.
- * KOU_OK or KOU_ERROR (nothing sent).
+ * (an endless body, ended by the client's FIN), the module's go out raw
+ * with write(); finish() half-closes the client side once the output is
+ * flushed, and the request ends when both directions have. KOU_OK or
+ * KOU_ERROR (nothing sent).
  */
 int kou_r_upgrade(kou_request_t *r, const kou_header_t *headers,
                   size_t nheaders, kou_body_pt on_data, void *arg);

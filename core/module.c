@@ -330,6 +330,7 @@ const kou_host_t kou_host = {
     .var_set = kou_r_var_set,
     .var_get = kou_r_var_get,
     .metrics_collect = kou_host_metrics_collect,
+    .tunnel_timeout = kou_r_tunnel_timeout,
 };
 
 /* ---- loader ---- */

@@ -495,12 +495,21 @@ typedef struct kou_host_s {
      * ways: the client's to on_data (in pieces, as they arrive; it
      * replaces any body callback, and read_body_pause holds them back),
      * the module's with write() (its done callback gives back-pressure).
-     * finish() ends the tunnel: queued bytes are sent, then the connection
-     * closes; abort() drops it. The client closing ends the request as
-     * aborted (cleanups run). Response hooks do not run for the 101. The
-     * body timeout applies to the client side while the tunnel is idle.
-     * KOU_OK, or KOU_ERROR (nothing sent) when the request did not ask
-     * to upgrade, has a body, or the response has started.
+     * Each direction ends on its own (TCP half-close). The client's FIN
+     * (over TLS its close_notify; a FIN without one is a truncation, an
+     * error) is the end of its stream: on_data gets last=1 after its
+     * last byte, and write() still works. finish() is the end of the module's
+     * stream: once the queued bytes are sent, the server shuts down its
+     * sending side (a TLS connection sends close_notify, then the FIN)
+     * and goes on passing the client's bytes to on_data. The request ends
+     * normally (log hooks, then cleanups) when both directions have
+     * ended. abort(), a reset or read error from the client, a send
+     * timeout and the tunnel's idle timeout (see tunnel_timeout; by
+     * default limits.idle_timeout, never body_timeout) close the
+     * connection at once and end the request as aborted. Response hooks
+     * do not run for the 101. KOU_OK, or KOU_ERROR (nothing sent) when
+     * the request did not ask to upgrade, has a body, or the response
+     * has started.
      */
     int (*upgrade)(kou_request_t *r, const kou_header_t *headers,
                    size_t nheaders, kou_body_pt on_data, void *arg);
@@ -541,6 +550,18 @@ typedef struct kou_host_s {
      * modules wrote.
      */
     size_t (*metrics_collect)(kou_emit_pt emit, void *arg);
+    /**
+     * After upgrade(): close the tunnel once it has moved no byte in
+     * either direction for `ms` milliseconds (bytes of the client passed
+     * to on_data, bytes of the module queued with write()), whatever
+     * each side has half-closed and while read_body_pause holds the
+     * client back. 0: the server never closes it for idleness. Output
+     * the client does not take is still bound by limits.send_timeout.
+     * Until this is called the tunnel's idle timeout is
+     * limits.idle_timeout. KOU_OK, or KOU_ERROR when the request has not
+     * been upgraded.
+     */
+    int (*tunnel_timeout)(kou_request_t *r, uint64_t ms);
 } kou_host_t;
 
 /**

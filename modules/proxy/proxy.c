@@ -303,6 +303,7 @@ struct kou_proxy_ctx_s {
     unsigned            dead:1;          /* the request has ended */
     unsigned            upgrade_req:1;   /* asked the upstream to upgrade */
     unsigned            tunnel:1;        /* switched protocols */
+    unsigned            up_shut:1;       /* tunnel: our FIN went up */
     unsigned            replay:1;        /* next attempt replays a stale one */
 };
 
@@ -316,6 +317,7 @@ static void kou_proxy_uc_timer(void *arg);
 static void kou_proxy_next(kou_proxy_ctx_t *ctx);
 static void kou_proxy_read(kou_proxy_ctx_t *ctx);
 static void kou_proxy_timer_set(kou_proxy_ctx_t *ctx);
+static void kou_proxy_tunnel_done(kou_proxy_ctx_t *ctx);
 static void kou_proxy_body(kou_request_t *r, kou_str_t data, int last,
                            void *arg);
 
@@ -1715,9 +1717,29 @@ kou_proxy_send(kou_proxy_ctx_t *ctx)
             return;
         }
     }
-    if (rc == KOU_OK && !ctx->body_last && ctx->paused && !ctx->up_done) {
+    if (rc == KOU_OK && !ctx->body_last && ctx->paused
+        && (!ctx->up_done || ctx->tunnel))
+    {
         ctx->paused = 0;
         (void) host->read_body_pause(ctx->r, 0);
+    }
+    if (rc == KOU_OK && ctx->tunnel && kou_proxy_req_sent(ctx)
+        && !ctx->up_shut)
+    {
+        /*
+         * The client half-closed the tunnel and all it sent is up: pass
+         * its FIN on, and go on relaying what the upstream still sends.
+         */
+        ctx->up_shut = 1;
+        if (shutdown(ctx->uc->fd, SHUT_WR) != 0 && errno != ENOTCONN) {
+            kou_proxy_fail(ctx, KOU_PF_SEND, "cannot shut down the tunnel",
+                           errno);
+            return;
+        }
+        if (ctx->up_done) {
+            kou_proxy_tunnel_done(ctx);
+            return;
+        }
     }
     kou_proxy_timer_set(ctx);
 }
@@ -1932,7 +1954,7 @@ kou_proxy_timer_fire(kou_proxy_ctx_t *ctx)
             kou_proxy_fail(ctx, KOU_PF_SEND_TIMEOUT, "send timed out", 0);
             return;
         }
-        if (!ctx->up_done && !ctx->waiting
+        if (!ctx->up_done && !ctx->waiting && !ctx->tunnel
             && (kou_proxy_req_sent(ctx) || ctx->head_done)
             && now - ctx->last_read >= pr->read_timeout)
         {
@@ -1973,9 +1995,10 @@ kou_proxy_uc_timer(void *arg)
  * Keep the connection's timer due by the nearest of: the connect deadline,
  * the send deadline (only while the socket refuses the request), the read
  * deadline (only once the request is sent and the client is not what is
- * holding things up). Progress does not re-arm it: when it fires early it
- * re-arms for what is left. It is never armed further than the route's
- * shortest timeout ahead, so that no later deadline (the idle timeout
+ * holding things up; never in a tunnel, whose idle timeout the server
+ * keeps for both directions). Progress does not re-arm it: when it fires
+ * early it re-arms for what is left. It is never armed further than the
+ * route's shortest timeout ahead, so that no later deadline (the idle timeout
  * once the connection is pooled, the next request's) is ever nearer than
  * the armed one: a busy connection costs about one timer call per
  * shortest timeout, not one per request.
@@ -1996,7 +2019,7 @@ kou_proxy_timer_set(kou_proxy_ctx_t *ctx)
         if (kou_proxy_pending(ctx) && !ctx->writable) {
             due = kou_proxy_min(due, ctx->last_write + pr->send_timeout);
         }
-        if (!ctx->up_done && !ctx->waiting
+        if (!ctx->up_done && !ctx->waiting && !ctx->tunnel
             && (kou_proxy_req_sent(ctx) || ctx->head_done))
         {
             if (ctx->last_read < ctx->last_write && !ctx->head_done
@@ -2201,9 +2224,42 @@ kou_proxy_client_gone(kou_proxy_ctx_t *ctx)
 }
 
 /*
+ * Both directions of a tunnel have ended (each side's FIN passed on to
+ * the other): the upstream connection is done with. The server ends the
+ * request once its own side is done as well.
+ */
+static void
+kou_proxy_tunnel_done(kou_proxy_ctx_t *ctx)
+{
+    ctx->finished = 1;
+    kou_proxy_detach(ctx, 0);
+}
+
+/*
+ * The upstream half-closed the tunnel, every byte before its FIN relayed:
+ * finish() passes the FIN on to the client once those bytes are out, and
+ * the client's side goes on until it ends too (kou_proxy_send).
+ */
+static void
+kou_proxy_tunnel_eof(kou_proxy_ctx_t *ctx)
+{
+    ctx->up_done = 1;
+    kou_proxy_try_end(ctx, KOU_PR_NONE, 0);
+    kou_proxy_vars(ctx);
+    if (kou_proxy_host->finish(ctx->r) != KOU_OK) {
+        kou_proxy_client_gone(ctx);
+        return;
+    }
+    if (ctx->up_shut) {
+        kou_proxy_tunnel_done(ctx);
+    }
+}
+
+/*
  * The upstream switched protocols: so does the client connection, and
- * from here bytes are relayed as they are, both ways, until either side
- * closes. Returns as kou_proxy_head does.
+ * from here bytes are relayed as they are, both ways; each side's FIN is
+ * passed on to the other (half-close), and the tunnel ends when both
+ * directions have. Returns as kou_proxy_head does.
  */
 static int
 kou_proxy_tunnel(kou_proxy_ctx_t *ctx)
@@ -2236,6 +2292,10 @@ kou_proxy_tunnel(kou_proxy_ctx_t *ctx)
         kou_proxy_fail(ctx, KOU_PF_INVALID, "cannot switch the client "
                        "connection", 0);
         return 0;
+    }
+    if (KOU_HOST_HAS(host, tunnel_timeout)) {
+        /* idle both ways for read_timeout: nginx's proxy_read_timeout */
+        (void) host->tunnel_timeout(ctx->r, ctx->pr->read_timeout);
     }
     ctx->peer->fails = 0;
     ctx->head_done = 1;
@@ -2425,6 +2485,10 @@ kou_proxy_eof(kou_proxy_ctx_t *ctx, int err)
                        : "closed the connection in the response head", err);
         return;
     }
+    if (ctx->tunnel && err == 0) {
+        kou_proxy_tunnel_eof(ctx);
+        return;
+    }
     if (ctx->rh.body == KOU_BODY_CLOSE && err == 0) {
         ctx->up_done = 1;
         kou_proxy_complete(ctx);
@@ -2448,7 +2512,9 @@ kou_proxy_read(kou_proxy_ctx_t *ctx)
         ssize_t n;
         size_t  want;
 
-        if (ctx->finished || ctx->uc != uc || ctx->waiting) {
+        if (ctx->finished || ctx->uc != uc || ctx->waiting
+            || (ctx->tunnel && ctx->up_done))
+        {
             return;
         }
         if (ctx->in_start < ctx->in_end || (ctx->head_done && ctx->up_done)) {

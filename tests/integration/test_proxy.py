@@ -12,8 +12,10 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -27,15 +29,15 @@ BIG = 100 * MB
 PATTERN = bytes(range(256)) * 4096          # 1 MiB
 
 
-def proxy_config(routes, workers=1, limits=None):
-    """Routes default to the proxy handler."""
+def proxy_config(routes, workers=1, limits=None, **extra):
+    """Routes default to the proxy handler; `extra` goes to make_config."""
     rs = []
     for r in routes:
         r = dict(r)
         r.setdefault("handler", "proxy")
         rs.append(r)
     return kt.make_config(workers=workers, modules={"proxy": {}}, routes=rs,
-                          limits=limits)
+                          limits=limits, **extra)
 
 
 def start(routes, **kw):
@@ -1261,6 +1263,311 @@ class TestUpgrade(kt.ServerTestCase):
             self.assertEqual(fields(doc, "Connection"), [])
             # the connection goes on as HTTP
             self.assertStatus(c.request("GET", "/other"), 200)
+
+
+class TestTunnel(kt.ServerTestCase):
+    """An established tunnel: its idle timeout (the route's read_timeout,
+    in both directions, not the server's body or idle timeout), each
+    side's half-close passed on to the other, and back-pressure both ways
+    in bounded memory."""
+
+    READ_TIMEOUT = 2.0
+    SHORT = 0.3          # body_timeout and idle_timeout
+    BIG = 50 * MB
+
+    @classmethod
+    def setUpClass(cls):
+        cls.seen = {}                 # path -> what the upstream saw
+        cls.sent = [0]
+        cls.gate = threading.Event()
+        cls.reply_gate = threading.Event()
+
+        def record(path, what):
+            with cls.up.lock:
+                cls.seen.setdefault(path, []).append(what)
+                cls.up.lock.notify_all()
+
+        def switch(conn):
+            conn.send(b"HTTP/1.1 101 Switching Protocols\r\n"
+                      b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+
+        def read_to_eof(conn):
+            data = conn.buf
+            conn.buf = b""
+            while True:
+                piece = conn.sock.recv(65536)
+                if not piece:
+                    return data
+                data += piece
+
+        def handler(req, conn):
+            path = req.target
+            switch(conn)
+            if path == "/t/echo":
+                # upper-cases what comes until the client's FIN
+                try:
+                    while True:
+                        if not conn.buf:
+                            conn._fill()
+                        data, conn.buf = conn.buf, b""
+                        conn.send(data.upper())
+                except up.Closed:
+                    record(path, "eof")
+            elif path in ("/t/reply", "/t/replygate"):
+                # the client half-closes: everything it sent, then EOF;
+                # the answer goes back after that (for /t/replygate, once
+                # the test opens reply_gate)
+                data = read_to_eof(conn)
+                record(path, data)
+                if path == "/t/replygate":
+                    cls.reply_gate.wait(kt.DEADLINE * 3)
+                conn.send(b"got %d bytes" % len(data))
+            elif path == "/t/upfin":
+                # the upstream half-closes first, then still reads
+                conn.send(b"server done")
+                conn.sock.shutdown(socket.SHUT_WR)
+                record(path, read_to_eof(conn))
+            elif path == "/t/flood":
+                left = cls.BIG
+                while left > 0:
+                    piece = PATTERN[:min(left, len(PATTERN))]
+                    conn.send(piece)
+                    left -= len(piece)
+                    cls.sent[0] += len(piece)
+            elif path == "/t/sink":
+                cls.gate.wait(kt.DEADLINE * 3)
+                h = hashlib.sha256()
+                total = 0
+                while True:
+                    piece = conn.buf or conn.sock.recv(1 << 18)
+                    conn.buf = b""
+                    if not piece:
+                        break
+                    h.update(piece)
+                    total += len(piece)
+                record(path, (total, h.hexdigest()))
+            return "close"
+
+        cls.up = up.Upstream(handler, name="tunnel")
+        # a TLS listener too, with a throw-away self-signed certificate
+        cls.certs = tempfile.mkdtemp(prefix="kou-tunnel-")
+        listen = ["127.0.0.1:0"]
+        if shutil.which("openssl"):
+            crt = os.path.join(cls.certs, "c.pem")
+            key = os.path.join(cls.certs, "k.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec",
+                            "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                            "-days", "1", "-subj", "/CN=a.test",
+                            "-keyout", key, "-out", crt],
+                           check=True, capture_output=True)
+            listen.append({"address": "127.0.0.1:0",
+                           "tls": {"certificate": crt, "key": key}})
+        ms = "%dms" % (cls.SHORT * 1000)
+        cls.server = start([
+            {"prefix": "/t", "upgrade": True, "upstreams": [cls.up.address],
+             "read_timeout": "%dms" % (cls.READ_TIMEOUT * 1000)}],
+            limits={"body_timeout": ms, "idle_timeout": ms}, listen=listen)
+        cls.worker = cls.server.ready_pids()[0]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        cls.up.stop()
+        shutil.rmtree(cls.certs, ignore_errors=True)
+
+    def tls_client(self):
+        ports = self.server.ports()
+        if len(ports) < 2:
+            self.skipTest("no openssl command to make a certificate")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return kt.Client(ports[1], tls=ctx, server_name="a.test")
+
+    def tearDown(self):
+        self.check_server_log(self.server)
+        self.assertEqual(self.up.errors, [])
+
+    def open_tunnel(self, c, path):
+        c.send(kt.request_bytes("GET", path, headers=[
+            ("Connection", "Upgrade"), ("Upgrade", "websocket")]))
+        self.assertStatus(c.read_response(), 101)
+
+    def read_exact(self, c, n):
+        return c._read_exact(n, time.monotonic() + kt.DEADLINE, "tunnel")
+
+    def seen_for(self, path, n=1):
+        self.up.wait(lambda: len(self.seen.get(path, [])) >= n,
+                     "the upstream's side of %s" % path)
+        return self.seen[path][n - 1]
+
+    def test_idle_tunnel_outlives_body_and_idle_timeouts(self):
+        with self.server.client() as c:
+            self.open_tunnel(c, "/t/echo")
+            c.send(b"one")
+            self.assertEqual(self.read_exact(c, 3), b"ONE")
+            # silent both ways for several body/idle timeouts, well
+            # inside read_timeout: the tunnel must still be there
+            time.sleep(self.SHORT * 3)
+            c.send(b"two")
+            self.assertEqual(self.read_exact(c, 3), b"TWO")
+            time.sleep(self.SHORT * 3)
+            c.send(b"three")
+            self.assertEqual(self.read_exact(c, 5), b"THREE")
+
+    def test_idle_tunnel_closed_after_read_timeout(self):
+        n = len(self.seen.get("/t/echo", []))
+        with self.server.client() as c:
+            self.open_tunnel(c, "/t/echo")
+            c.send(b"x")
+            self.assertEqual(self.read_exact(c, 1), b"X")
+            t0 = time.monotonic()
+            rest = c.read_until_close(timeout=self.READ_TIMEOUT + kt.DEADLINE)
+            idle = time.monotonic() - t0
+        self.assertEqual(rest, b"")
+        self.assertGreaterEqual(idle, self.READ_TIMEOUT - 0.1,
+                                "closed after %.2fs of silence" % idle)
+        self.assertLess(idle, self.READ_TIMEOUT + 3,
+                        "closed after %.2fs of silence" % idle)
+        # the upstream connection goes with it
+        self.assertEqual(self.seen_for("/t/echo", n + 1), "eof")
+
+    def test_client_half_close(self):
+        n = len(self.seen.get("/t/reply", []))
+        data = b"request bytes " * 1000
+        with self.server.client() as c:
+            self.open_tunnel(c, "/t/reply")
+            c.send(data)
+            c.sock.shutdown(socket.SHUT_WR)
+            # the upstream sees every byte, then the end; its answer,
+            # sent after that, still reaches the client, then the close
+            self.assertEqual(self.seen_for("/t/reply", n + 1), data)
+            self.assertEqual(c.read_until_close(),
+                             b"got %d bytes" % len(data))
+            self.assertFalse(c.reset, "the tunnel ended with a reset")
+
+    def test_upstream_half_close(self):
+        n = len(self.seen.get("/t/upfin", []))
+        with self.server.client() as c:
+            self.open_tunnel(c, "/t/upfin")
+            # the upstream's FIN comes through after its bytes ...
+            self.assertEqual(c.read_until_close(), b"server done")
+            self.assertFalse(c.reset, "the tunnel ended with a reset")
+            # ... and the client's side is still open up to the upstream
+            c.send(b"late ")
+            c.send(b"data")
+            c.sock.shutdown(socket.SHUT_WR)
+            self.assertEqual(self.seen_for("/t/upfin", n + 1), b"late data")
+
+    def test_tls_client_half_close(self):
+        n = len(self.seen.get("/t/replygate", []))
+        self.reply_gate.clear()
+        self.addCleanup(self.reply_gate.set)
+        with self.tls_client() as c:
+            self.open_tunnel(c, "/t/replygate")
+            c.send(b"over tls")
+            # close_notify ends the client's side (RFC 8446 section 6.1);
+            # unwrap() then looks for the server's, and must find nothing:
+            # the upstream holds its answer until the gate opens (an
+            # answer read by unwrap() would be an error, not data)
+            c.sock.setblocking(False)
+            try:
+                c.sock.unwrap()
+            except ssl.SSLWantReadError:
+                pass
+            c.sock.settimeout(kt.DEADLINE)
+            self.assertEqual(self.seen_for("/t/replygate", n + 1),
+                             b"over tls")
+            self.reply_gate.set()
+            # having sent its own close_notify, the ssl module reports the
+            # server's as SSLZeroReturnError, not as b""
+            got = c.buf
+            try:
+                while True:
+                    piece = c.sock.recv(65536)
+                    if not piece:
+                        self.fail("the server's FIN without close_notify")
+                    got += piece
+            except ssl.SSLZeroReturnError:
+                pass
+            self.assertEqual(got, b"got 8 bytes")
+
+    def test_tls_upstream_half_close(self):
+        n = len(self.seen.get("/t/upfin", []))
+        with self.tls_client() as c:
+            self.open_tunnel(c, "/t/upfin")
+            # close_notify, then the FIN, after the upstream's bytes
+            self.assertEqual(c.read_until_close(), b"server done")
+            self.assertFalse(c.reset or c.ragged_eof,
+                             "no close_notify before the server's FIN")
+            c.send(b"late data")
+            raw = c.sock.unwrap()     # our close_notify: the end of ours
+            raw.shutdown(socket.SHUT_WR)
+            c.sock = raw
+            self.assertEqual(self.seen_for("/t/upfin", n + 1), b"late data")
+
+    def test_flood_to_slow_client(self):
+        self.sent[0] = 0
+        base = rss_kb(self.worker)
+        c = RawClient(self.server.port)
+        try:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            c.sock.sendall(kt.request_bytes("GET", "/t/flood", headers=[
+                ("Connection", "Upgrade"), ("Upgrade", "websocket")]))
+            held = wait_stalled(lambda: self.sent[0], "the upstream's sending")
+            self.assertLess(held, self.BIG // 2, "the tunnel took %d bytes "
+                            "from the upstream for a client that reads "
+                            "nothing" % held)
+            grown = rss_kb(self.worker) - base
+            self.assertLess(grown, 24 * 1024, "worker grew by %d kB" % grown)
+            status, hdrs = c.head()
+            self.assertEqual(status, 101)
+            self.assertEqual(c.body_length(self.BIG), pattern_sha(self.BIG))
+        finally:
+            c.close()
+
+    def test_flood_to_slow_upstream(self):
+        self.gate.clear()
+        n = len(self.seen.get("/t/sink", []))
+        base = rss_kb(self.worker)
+        sent = [0]
+        err = []
+        c = RawClient(self.server.port)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        c.sock.sendall(kt.request_bytes("GET", "/t/sink", headers=[
+            ("Connection", "Upgrade"), ("Upgrade", "websocket")]))
+        status, hdrs = c.head()
+        self.assertEqual(status, 101)
+
+        def sender():
+            try:
+                left = self.BIG
+                while left > 0:
+                    piece = PATTERN[:min(left, len(PATTERN))]
+                    c.sock.sendall(piece)
+                    left -= len(piece)
+                    sent[0] += len(piece)
+                c.sock.shutdown(socket.SHUT_WR)
+            except OSError as e:
+                err.append(e)
+
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
+        try:
+            held = wait_stalled(lambda: sent[0], "the client's sending")
+            self.assertLess(held, self.BIG // 2, "the tunnel took %d bytes "
+                            "from the client while the upstream read "
+                            "nothing" % held)
+            grown = rss_kb(self.worker) - base
+            self.assertLess(grown, 24 * 1024, "worker grew by %d kB" % grown)
+            self.gate.set()
+            t.join(kt.DEADLINE * 3)
+            self.assertEqual(err, [])
+            self.assertEqual(self.seen_for("/t/sink", n + 1),
+                             (self.BIG, pattern_sha(self.BIG)))
+        finally:
+            self.gate.set()
+            c.close()
 
 
 class TestConfig(kt.ServerTestCase):
