@@ -52,6 +52,8 @@
 
 #include <kourier/module.h>
 
+#include "../shm_table.h"
+
 #define KOU_PROXY_BUF         (64 * 1024)  /* response read buffer */
 #define KOU_PROXY_MAX_HEAD    (32 * 1024)  /* upstream response head */
 #define KOU_PROXY_MAX_FIELDS  128
@@ -83,9 +85,6 @@
 #define KOU_PS_DOWN           24           /* down until (ms, monotonic) */
 #define KOU_PS_W              32
 #define KOU_PS_NBOUNDS        11
-#define KOU_PS_CLAIMED        (UINT64_C(1) << 63)
-#define KOU_PS_READY          (UINT64_C(1) << 62)
-#define KOU_PS_HMASK          (KOU_PS_READY - 1)
 
 /* Failure reasons of kourier_upstream_failures_total. */
 #define KOU_PR_CONNECT        0
@@ -3346,64 +3345,46 @@ kou_proxy_fnv(uint64_t h, const char *p, size_t n)
  * The registry index of (route, upstream), inserting it; -1 when the
  * names are too long or the registry is full. Runs in worker_init, where
  * the workers of a generation (and those of the next, during a reload)
- * may race for the same entry: an empty entry is claimed by one CAS of
- * its state word (hash | CLAIMED), then its name is written and READY
- * published. A worker that finds the entry claimed but not ready waits
- * for the claimant; if the claimant died in between, it writes the same
- * name itself. The same pair finds the same entry in every process and
- * across reloads, so its counts carry on.
+ * may race for the same entry, claimed without a lock (shm_table.h). The
+ * same pair finds the same entry in every process and across reloads, so
+ * its counts carry on.
  */
 static int
 kou_proxy_entry(kou_proxy_module_t *m, kou_str_t route, kou_str_t addr)
 {
-    uint64_t h = UINT64_C(0xcbf29ce484222325), want;
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
 
     if (route.n + addr.n > KOU_PROXY_NAME_MAX) {
         return -1;
     }
     h = kou_proxy_fnv(h, route.p, route.n);
     h = kou_proxy_fnv(h, "", 1);
-    h = kou_proxy_fnv(h, addr.p, addr.n) & KOU_PS_HMASK;
+    h = kou_proxy_fnv(h, addr.p, addr.n) & KOU_SHM_HMASK;
     if (h == 0) {
         h = 1;
     }
-    want = h | KOU_PS_CLAIMED;
     for (uint32_t i = 0; i < m->max_upstreams; i++) {
         uint32_t          k = (uint32_t) ((h + i) % m->max_upstreams);
         kou_proxy_sent_t *e = &m->ents[k];
-        uint64_t          cur = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
-        int               mine = 0;
 
-        if (cur == 0) {
-            uint64_t expect = 0;
-
-            mine = __atomic_compare_exchange_n(&e->state, &expect, want, 0,
-                                               __ATOMIC_ACQ_REL,
-                                               __ATOMIC_ACQUIRE);
-            cur = mine ? want : expect;
-        }
-        if ((cur & KOU_PS_HMASK) != h) {
-            continue;
-        }
-        for (long spin = 0; !mine && !(cur & KOU_PS_READY)
-                            && spin < 10000000; spin++)
-        {
-            cur = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
-        }
-        if (mine || !(cur & KOU_PS_READY)) {
+        switch (kou_shm_probe(&e->state, h)) {
+        case KOU_SHM_WRITE:
             memcpy(e->name, route.p, route.n);
             memcpy(e->name + route.n, addr.p, addr.n);
             e->route_len = (uint32_t) route.n;
             e->addr_len = (uint32_t) addr.n;
-            __atomic_store_n(&e->state, want | KOU_PS_READY,
-                             __ATOMIC_RELEASE);
+            kou_shm_publish(&e->state, h);
             return (int) k;
-        }
-        if (e->route_len == route.n && e->addr_len == addr.n
-            && memcmp(e->name, route.p, route.n) == 0
-            && memcmp(e->name + route.n, addr.p, addr.n) == 0)
-        {
-            return (int) k;
+        case KOU_SHM_COMPARE:
+            if (e->route_len == route.n && e->addr_len == addr.n
+                && memcmp(e->name, route.p, route.n) == 0
+                && memcmp(e->name + route.n, addr.p, addr.n) == 0)
+            {
+                return (int) k;
+            }
+            break;
+        case KOU_SHM_OTHER:
+            break;
         }
     }
     return -1;
@@ -3572,7 +3553,7 @@ kou_proxy_ready(const kou_proxy_module_t *m, uint32_t e)
     const kou_proxy_sent_t *ent = &m->ents[e];
     uint64_t st = __atomic_load_n(&ent->state, __ATOMIC_ACQUIRE);
 
-    if (!(st & KOU_PS_READY)
+    if (!(st & KOU_SHM_READY)
         || (size_t) ent->route_len + ent->addr_len > KOU_PROXY_NAME_MAX)
     {
         return NULL;
