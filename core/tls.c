@@ -733,7 +733,10 @@ kou_tls_ctx_new(const kou_config_t *cf, const kou_listen_conf_t *lc,
     SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE
                              | SSL_OP_NO_RENEGOTIATION
                              | SSL_OP_NO_COMPRESSION
-                             /* HTTP framing detects truncation */
+                             /*
+                              * effective only with a BIO that reports EOF;
+                              * ours does not (see kou_tls_read)
+                              */
                              | SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_default_passwd_cb(ctx, kou_tls_no_passphrase);
@@ -1006,7 +1009,13 @@ kou_tls_read(kou_conn_t *c)
             break;
         }
         if (sslerr == SSL_ERROR_ZERO_RETURN) {
-            c->eof = 1;   /* close_notify, or the socket closed */
+            /*
+             * close_notify. A FIN without it is a read error below: the
+             * BIO does not answer BIO_CTRL_EOF, so OpenSSL never takes a
+             * cut stream for a finished one (a tunnel is aborted, not
+             * half-closed, by such a FIN).
+             */
+            c->eof = 1;
             break;
         }
         kou_log_debug("client %s: TLS read: %s", c->addr_text,
