@@ -298,7 +298,6 @@ kou_conn_flush_plain(kou_conn_t *c)
                 c->write_blocked = 1;
                 return KOU_AGAIN;
             }
-            asked = kou_min(b->last - b->pos, (size_t) 1 << 30);
             b->pos += (size_t) w;
             c->out_bytes -= (size_t) w;
             kou_conn_progress(c);
@@ -309,15 +308,11 @@ kou_conn_flush_plain(kou_conn_t *c)
                 }
                 kou_obuf_release(b);
             }
-            if ((size_t) w < asked) {
-                /*
-                 * A short write means the socket buffer is full (and the
-                 * kernel has noted it will report space): another call
-                 * now would only fail with EAGAIN.
-                 */
-                c->write_blocked = 1;
-                return KOU_AGAIN;
-            }
+            /*
+             * No short-write shortcut here: sendfile also comes back short
+             * at the end of a file cut after its length was announced, and
+             * only the next call tells that from a full socket.
+             */
             continue;
         }
         for (; b != NULL && b->fd < 0 && n < KOU_IOV_MAX; b = b->next) {
@@ -386,7 +381,12 @@ kou_conn_flush_plain(kou_conn_t *c)
         }
         kou_conn_progress(c);
         if (written < asked) {
-            c->write_blocked = 1;   /* short write: the buffer is full */
+            /*
+             * A short send means the socket buffer is full (and the kernel
+             * has noted that it must report space): another call now would
+             * only fail with EAGAIN.
+             */
+            c->write_blocked = 1;
             return KOU_AGAIN;
         }
     }
@@ -833,10 +833,19 @@ kou_conn_run(kou_conn_t *c)
 static void
 kou_conn_shutdown_write(kou_conn_t *c)
 {
-    c->wr_shut = 1;
-    if (c->tls != NULL) {
+    if (c->tls != NULL && !c->wr_notified) {
+        /*
+         * close_notify first; the FIN only once it has reached the kernel
+         * (this runs again when the output has drained), or the client
+         * would see a cut stream instead of a half-close.
+         */
+        c->wr_notified = 1;
         kou_tls_shutdown(c);
+        if (c->out_bytes > 0) {
+            return;
+        }
     }
+    c->wr_shut = 1;
     if (shutdown(c->ev.fd, SHUT_WR) != 0) {
         kou_log_debug("client %s: shutdown: %s", c->addr_text,
                       strerror(errno));

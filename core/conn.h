@@ -110,6 +110,7 @@ struct kou_conn_s {
                                          ciphertext already read) */
     unsigned        wr_shut:1;     /* our side is shut down (a tunnel
                                       half-closed by its module) */
+    unsigned        wr_notified:1; /* TLS close_notify queued for that */
 
     char            addr_text[48];
     kou_str_t       addr;
