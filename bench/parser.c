@@ -4,6 +4,7 @@
  * libh2o ships it), on the same fixed set of requests in the same harness.
  *
  *   parser [-r RUNS] [-t SECONDS] [-c CPU] [-m]
+ *   parser -p PARSER [-k CASE] [-n ITERS]
  *
  * Each (request, parser) pair is timed RUNS times (default 11) for about
  * SECONDS of thread CPU time each (default 0.1), in rounds of one run per
@@ -11,6 +12,11 @@
  * request and GB/s of head bytes parsed (a body is skipped, never parsed,
  * by either). -c pins the process to one CPU. -m prints a Markdown table
  * (for docs/benchmarks.md) instead of text.
+ *
+ * -p runs one parser (a tier name or "pico") ITERS times (default 100000)
+ * over case number CASE (0-based, in the table's order; default: every
+ * case), untimed: a fixed workload for a profiler or an instruction
+ * counter, e.g. valgrind --tool=callgrind, to compare builds with.
  *
  * The comparison is not like for like in one respect, and the table should
  * be read with it in mind: phr_parse_request splits the head into method,
@@ -24,6 +30,7 @@
  */
 
 #include <errno.h>
+#include <limits.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -342,14 +349,14 @@ main(int argc, char **argv)
 {
     static kou_bp_case_t   cases[16];
     static kou_bp_result_t res[16];
-    unsigned               runs = 11, which, order;
+    unsigned               runs = 11, which, order, prof = UINT_MAX;
     double                 seconds = 0.1, gbs, ratio, bytes;
     bool                   md = false;
-    size_t                 ncases, i;
+    size_t                 ncases, i, iters = 100000, only = SIZE_MAX;
     int                    opt, cpu = -1;
     cpu_set_t              set;
 
-    while ((opt = getopt(argc, argv, "r:t:c:m")) != -1) {
+    while ((opt = getopt(argc, argv, "r:t:c:mp:k:n:")) != -1) {
         switch (opt) {
         case 'r':
             runs = (unsigned) atoi(optarg);
@@ -363,9 +370,25 @@ main(int argc, char **argv)
         case 'm':
             md = true;
             break;
+        case 'p':
+            for (prof = 0; prof <= KOU_BP_PICO; prof++) {
+                if (strcmp(optarg, kou_bp_name(prof)) == 0) {
+                    break;
+                }
+            }
+            if (prof > KOU_BP_PICO || !kou_bp_runs(prof)) {
+                kou_bp_die("-p takes a tier this CPU runs, or pico");
+            }
+            break;
+        case 'k':
+            only = (size_t) atol(optarg);
+            break;
+        case 'n':
+            iters = (size_t) atol(optarg);
+            break;
         default:
             fprintf(stderr, "usage: parser [-r RUNS] [-t SECONDS] [-c CPU]"
-                            " [-m]\n");
+                            " [-m] | -p PARSER [-k CASE] [-n ITERS]\n");
             return 2;
         }
     }
@@ -407,6 +430,15 @@ main(int argc, char **argv)
                 return 1;
             }
         }
+    }
+
+    if (prof <= KOU_BP_PICO) {
+        for (i = 0; i < ncases; i++) {
+            if (only == SIZE_MAX || only == i) {
+                (void) kou_bp_time(&cases[i], prof, iters);
+            }
+        }
+        return 0;
     }
 
     for (i = 0; i < ncases; i++) {

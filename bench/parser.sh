@@ -9,7 +9,9 @@
 # --out DIR    where the build and the binary go (/tmp/kourier-bench)
 # --docs       also rewrite the parser table in docs/benchmarks.md (between
 #              its bench:parser markers)
-# PARSER-ARGS  passed to the benchmark: -r RUNS -t SECONDS -c CPU
+# PARSER-ARGS  passed to the benchmark: -r RUNS -t SECONDS -c CPU; or
+#              -p PARSER [-k CASE] [-n ITERS], one parser untimed, a fixed
+#              workload to run under a profiler (see bench/parser.c)
 #
 # The harness is compiled with -O2, as the Kourier build compiles the
 # parser; picohttpparser is Debian's build of it (libh2o-evloop), installed

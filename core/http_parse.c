@@ -35,9 +35,14 @@
  * before it is looked at again (at most the rest of its 64-byte block is
  * classified again, step 1 being done with the masks of whole blocks).
  *
- * A first call also tries the request line in the shape nearly all have
- * (kou_http_request_fast) and leaves any other to the general code, which
- * decides every status; no status comes from the shortcut.
+ * A first call first tries the head in the shape nearly all have
+ * (kou_http_head_fast): the request line, then field lines that need no
+ * more than a colon, one SP and a name to look at, in straight-line code
+ * with its state in registers. At the first line of any other shape it
+ * hands over to the general code, exactly as if the input had been split
+ * right before that line, and the general code decides every status
+ * there; the shortcut itself only ever accepts, or reports the status of
+ * a field that the general code would have read alike.
  */
 
 #include <stdlib.h>
@@ -158,6 +163,16 @@ static inline bool
 kou_http_is_ows(u_char c)
 {
     return c == ' ' || c == '\t';
+}
+
+/*
+ * The index of the lowest set bit of m != 0, as a size_t: through
+ * unsigned, which saves the sign extension of the builtin's int.
+ */
+static inline size_t
+kou_http_ctz(uint64_t m)
+{
+    return (unsigned) __builtin_ctzll(m);
 }
 
 /* CR LF at p, p[1] readable: one 16-bit compare once inlined. */
@@ -307,35 +322,27 @@ kou_http_scalar_span(const u_char *buf, size_t i, size_t e, unsigned set)
     return i;
 }
 
-static void
-kou_http_scalar_classify(const u_char *buf, size_t i, size_t e,
-                         kou_http_masks_t *m)
+static kou_http_lines_t
+kou_http_scalar_lines(const u_char *buf, size_t i, size_t e)
 {
-    size_t   j, n = kou_min(e - i, 64);
-    uint64_t bit;
+    kou_http_lines_t m = { ~0ull, ~0ull };
+    size_t           j, n = kou_min(e - i, 64);
 
-    m->bad = m->ntc = m->npath = m->nreg = ~0ull;
     for (j = 0; j < n; j++) {
-        bit = ~(1ull << j);
         if (kou_http_fl[buf[i + j]]) {
-            m->bad &= bit;
+            m.bad &= ~(1ull << j);
         }
         if (kou_http_tchar[buf[i + j]]) {
-            m->ntc &= bit;
-        }
-        if (kou_http_path[buf[i + j]]) {
-            m->npath &= bit;
-        }
-        if (kou_http_regname[buf[i + j]]) {
-            m->nreg &= bit;
+            m.ntc &= ~(1ull << j);
         }
     }
+    return m;
 }
 
 const kou_http_kernels_t kou_http_kernels_scalar = {
     kou_http_scalar_request_line,
     kou_http_scalar_field_line,
-    kou_http_scalar_classify,
+    kou_http_scalar_lines,
     false,
     kou_http_scalar_span
 };
@@ -379,38 +386,6 @@ kou_http_span_to(const u_char *buf, size_t i, size_t e, size_t rd,
 }
 
 /*
- * The masks of 64 bytes of the head from `base`, classified when a search
- * first reaches them. Searches move forward through a call (a line's name,
- * then its end, then the next line), so each block is classified once.
- */
-typedef struct {
-    size_t           base;
-    kou_http_masks_t m;
-} kou_http_blk_t;
-
-/*
- * kou_http_span_to for the PATH or REGNAME set (mask npath or nreg of b),
- * from the block at hand when it holds the answer: a target or Host
- * value costs a bit search, not a call, when its block is the one the
- * line was found in. The kernels otherwise.
- */
-static inline size_t
-kou_http_span_blk(const kou_http_blk_t *b, const u_char *buf, size_t i,
-                  size_t e, size_t rd, unsigned set)
-{
-    size_t   off = i - b->base;
-    uint64_t m;
-
-    if (off < 64) {
-        m = (set == KOU_HTTP_SET_PATH ? b->m.npath : b->m.nreg) >> off;
-        if (m != 0) {
-            return kou_min(i + (size_t) __builtin_ctzll(m), e);
-        }
-    }
-    return kou_http_span_to(buf, i, e, rd, set);
-}
-
-/*
  * Scan members of the set and valid pct-encodings ("%" HEXDIG HEXDIG) from
  * buf[i], buf[0..rd) readable; return the index of the first byte in
  * [i, e) that is neither, or e. A '%' not followed by two hex digits stops
@@ -439,31 +414,35 @@ kou_http_span_pct(const u_char *buf, size_t i, size_t e, size_t rd,
 static bool
 kou_http_ipv4(const u_char *s, size_t n)
 {
-    size_t   i;
-    unsigned parts = 0, v = 0, d;
-    bool     digits = false;
+    const u_char *e = s + n;
+    unsigned      part, v, d;
 
-    for (i = 0; i < n; i++) {
-        d = (unsigned) s[i] - '0';
-        if (d < 10) {
-            /* no digit after a leading 0; four digits are over 255 anyway */
-            if (digits && v == 0) {
+    for (part = 0; part < 4; part++) {
+        if (part != 0) {
+            if (s == e || *s != '.') {
                 return false;
             }
-            v = v * 10 + d;
-            if (v > 255) {
-                return false;
-            }
-            digits = true;
-        } else if (s[i] == '.' && digits && parts < 3) {
-            parts++;
-            v = 0;
-            digits = false;
-        } else {
+            s++;
+        }
+        if (s == e || (v = (unsigned) *s - '0') > 9) {
             return false;
         }
+        s++;
+        /* a leading 0 is the whole octet: a digit after it stops below */
+        if (v != 0 && s < e && (d = (unsigned) *s - '0') <= 9) {
+            v = v * 10 + d;
+            s++;
+            if (s < e && (d = (unsigned) *s - '0') <= 9) {
+                v = v * 10 + d;
+                s++;
+                if (v > 255) {
+                    return false;
+                }
+            }
+        }
     }
-    return digits && parts == 3;
+    /* a fourth digit, a fifth part or anything else after the last */
+    return s == e;
 }
 
 /* IPv6address of RFC 3986 §3.2.2, including the dotted-quad tail. */
@@ -1123,7 +1102,7 @@ kou_http_field_expect(kou_http_parser_t *p, const u_char *buf, size_t i,
  */
 static int
 kou_http_field_host(kou_http_parser_t *p, const u_char *buf, size_t s,
-                    size_t e, size_t rd, const kou_http_blk_t *b)
+                    size_t e, size_t rd)
 {
     size_t hend;
 
@@ -1133,10 +1112,12 @@ kou_http_field_host(kou_http_parser_t *p, const u_char *buf, size_t s,
     p->flags |= KOU_HP_HOST;
     if (p->target_form == KOU_TARGET_ORIGIN && e > s) {
         /* reg-name or IPv4, then the port if any: what nearly all are */
-        hend = kou_http_span_blk(b, buf, s, e, rd, KOU_HTTP_SET_REGNAME);
+        hend = kou_http_span_to(buf, s, e, rd, KOU_HTTP_SET_REGNAME);
         if (hend > s && kou_http_port(buf, hend, e)
-            && (!kou_http_numeric_host(buf + s, hend - s)
-                || kou_http_ipv4(buf + s, hend - s)))
+            && (kou_http_is_digit(buf[hend - 1])
+                ? kou_http_ipv4(buf + s, hend - s)
+                  || !kou_http_numeric_host(buf + s, hend - s)
+                : !kou_http_numeric_host(buf + s, hend - s)))
         {
             kou_http_set_host(p, s, hend, e);
             return KOU_OK;
@@ -1158,51 +1139,27 @@ kou_http_field_host(kou_http_parser_t *p, const u_char *buf, size_t s,
 }
 
 /*
- * A field line buf[s..e), CRLF excluded, HTAB/SP/VCHAR/obs-text only,
- * buf[0..rd) readable, its first non-tchar at `name`, b a block of the
- * head's masks (any: used only where it covers what is looked for):
- * field-name ":" OWS field-value OWS. A name followed by whitespace is not
- * a token: 400. (A line that starts with whitespace never gets here.)
+ * The names whose fields the parser reads, by length: the first letter,
+ * lower-case, of the one name of that length (0: none). Most fields are
+ * let through by one load and compare, without a call.
+ */
+static const u_char kou_http_named[32] = {
+    [4] = 'h', [6] = 'e', [10] = 'c', [14] = 'c', [17] = 't'
+};
+
+/*
+ * What a field means to the parser, if anything: the name buf[s..s+n),
+ * the value buf[vs..ve) with OWS trimmed, buf[0..rd) readable.
  */
 static int
-kou_http_field_line(kou_http_parser_t *p, const u_char *buf, size_t s,
-                    size_t e, size_t rd, size_t name, const kou_http_blk_t *b)
+kou_http_field_meaning(kou_http_parser_t *p, const u_char *buf, size_t s,
+                       size_t n, size_t vs, size_t ve, size_t rd)
 {
-    size_t        i = name, vs, ve;
-    kou_header_t *h;
-
-    /* buf[e] is the CR, so this also catches a name that ends the line */
-    if (buf[i] != ':' || i == s) {
-        return 400;
-    }
-    if (p->nheaders == p->limits->max_headers) {
-        return 431;
-    }
-    /*
-     * No bounds: buf[e] is the CR, and buf[i] the colon, stop the scans,
-     * and a value of nothing but OWS ends where it starts.
-     */
-    vs = i + 1 + (buf[i + 1] == ' ');
-    if (kou_http_is_ows(buf[vs])) {
-        /* more than the one SP nearly every client sends */
-        for (vs++; kou_http_is_ows(buf[vs]); vs++) {
-            /* void */
-        }
-    }
-    for (ve = e; kou_http_is_ows(buf[ve - 1]); ve--) {
-        /* void */
-    }
-    ve = kou_max(ve, vs);
-    /* pointers, not offsets: see kou_http_parse_request */
-    h = &p->headers[p->nheaders++];
-    h->name = kou_http_str(buf, s, i);
-    h->value = kou_http_str(buf, vs, ve);
-
     /* by length first: at most one compare per field */
-    switch (i - s) {
+    switch (n) {
     case 4:
         if (kou_http_lc_eq(buf + s, "host", 4)) {
-            return kou_http_field_host(p, buf, vs, ve, rd, b);
+            return kou_http_field_host(p, buf, vs, ve, rd);
         }
         break;
     case 6:
@@ -1238,24 +1195,30 @@ kou_http_head_done(kou_http_parser_t *p, const u_char *buf, size_t n0)
 {
     size_t i;
 
-    if (p->version == 11 && !(p->flags & KOU_HP_HOST)) {
-        return 400;
-    }
-    if (p->flags & KOU_HP_TE) {
-        /* RFC 9112 §6.3: never guess between two framings */
-        if (p->flags & KOU_HP_CL) {
+    /* one test for the usual head: a Host, no TE, no odd Expect */
+    if (__builtin_expect((p->flags & (KOU_HP_HOST | KOU_HP_TE
+                                      | KOU_HP_EXPECT_BAD))
+                         != KOU_HP_HOST, 0))
+    {
+        if (p->version == 11 && !(p->flags & KOU_HP_HOST)) {
             return 400;
         }
-        if (!(p->flags & KOU_HP_TE_CHUNKED)) {
-            return 400;
+        if (p->flags & KOU_HP_TE) {
+            /* RFC 9112 §6.3: never guess between two framings */
+            if (p->flags & KOU_HP_CL) {
+                return 400;
+            }
+            if (!(p->flags & KOU_HP_TE_CHUNKED)) {
+                return 400;
+            }
+            if (p->flags & KOU_HP_TE_OTHER) {
+                return 501;
+            }
+            p->chunked = 1;
         }
-        if (p->flags & KOU_HP_TE_OTHER) {
-            return 501;
+        if (p->flags & KOU_HP_EXPECT_BAD) {
+            return 417;
         }
-        p->chunked = 1;
-    }
-    if (p->flags & KOU_HP_EXPECT_BAD) {
-        return 417;
     }
 
     kou_http_rebase(&p->method, buf);
@@ -1310,55 +1273,38 @@ kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
     p->head_len = 0;
 }
 
-/*
- * The first k >= i, k <= end, whose bit is set in the bad mask (ntc
- * false) or the not-tchar mask (ntc true): end when there is none, since
- * classify sets the bits of positions at or after end. A search that
- * starts before the block it has is answered too, by classifying again.
- * Only for tiers with blocks (k->blocks).
- */
-static inline __attribute__((always_inline)) size_t
-kou_http_next(const kou_http_kernels_t *k, const u_char *buf, size_t end,
-              kou_http_blk_t *b, size_t i, bool ntc)
-{
-    uint64_t m;
-
-    for ( ;; ) {
-        if (i - b->base < 64) {
-            m = (ntc ? b->m.ntc : b->m.bad) >> (i - b->base);
-            if (m != 0) {
-                return i + (size_t) __builtin_ctzll(m);
-            }
-            /* a whole block, so base + 64 <= end */
-            i = b->base + 64;
-        }
-        if (i >= end) {
-            return end;
-        }
-        /*
-         * Blocks at multiples of 64 from the start of buf: where the next
-         * one is does not wait for the lines before it, so its loads can
-         * issue while those lines are still being looked at.
-         */
-        b->base = i & ~(size_t) 63;
-        k->classify(buf, b->base, end, &b->m);
-    }
-}
-
 /* Where a field line ends, and its name. */
 typedef struct {
     size_t end;
     size_t name;
 } kou_http_line_t;
 
+/*
+ * The two masks field lines are found with, of the 64 bytes from base:
+ * locals of the parsing functions whose address no call takes, so that
+ * they stay in registers from one line to the next.
+ */
+typedef struct {
+    size_t   base;
+    uint64_t bad;
+    uint64_t ntc;
+} kou_http_scan_t;
+
+/*
+ * kou_http_line when the block at hand does not hold the line's end:
+ * the blocks after it, as many as the line takes. The name's end is
+ * found on the way (every bad byte is a non-tchar, so by the line's end
+ * at the latest).
+ */
 static inline __attribute__((always_inline)) kou_http_line_t
 kou_http_line_slow(const kou_http_kernels_t *k, const u_char *buf,
-                   size_t end, kou_http_blk_t *b, size_t i)
+                   size_t end, kou_http_scan_t *b, size_t i)
 {
-    kou_http_line_t r;
-
-    size_t   off, j;
-    uint64_t m;
+    kou_http_line_t  r;
+    kou_http_lines_t m;
+    size_t           j, s;
+    uint64_t         mm;
+    unsigned         n;
 
     if (!k->blocks) {
         /* the same two answers, by scanning */
@@ -1366,56 +1312,71 @@ kou_http_line_slow(const kou_http_kernels_t *k, const u_char *buf,
         r.end = k->field_line(buf, r.name, end);
         return r;
     }
-    r.name = kou_http_next(k, buf, end, b, i, true);
-    off = r.name - b->base;
-    if (off < 64 && (m = b->m.bad >> off) != 0) {
-        r.end = r.name + (size_t) __builtin_ctzll(m);
-        return r;
+    r.name = SIZE_MAX;
+    if (i - b->base < 64) {
+        mm = b->ntc >> (i - b->base);
+        if (mm != 0) {
+            r.name = i + kou_http_ctz(mm);
+        }
+        j = b->base + 64;
+    } else {
+        /*
+         * Blocks at multiples of 64 from the start of buf: where the next
+         * one is does not wait for the lines before it, so its loads can
+         * issue while those lines are still being looked at.
+         */
+        j = i & ~(size_t) 63;
     }
-    /*
-     * The line goes on into the next block, which the next line needs
-     * too: classify it. Every byte from the name to the end of the
-     * block before was in the class.
-     */
-    j = off < 64 ? b->base + 64 : r.name;
-    if (j >= end) {
-        r.end = end;
-        return r;
+    for (n = 0; ; n++) {
+        if (j >= end) {
+            /* the fill bits of a last block would have answered */
+            r.end = end;
+            r.name = kou_min(r.name, end);
+            return r;
+        }
+        if (n == 2 && r.name != SIZE_MAX) {
+            /*
+             * A line longer than that (a long cookie, say): the
+             * field-line scan alone is cheaper than the masks, which the
+             * next line classifies where it starts.
+             */
+            r.end = k->field_line(buf, j, end);
+            return r;
+        }
+        m = k->lines(buf, j, end);
+        b->base = j;
+        b->bad = m.bad;
+        b->ntc = m.ntc;
+        s = kou_max(i, j);
+        if (r.name == SIZE_MAX && (mm = m.ntc >> (s - j)) != 0) {
+            r.name = s + kou_http_ctz(mm);
+        }
+        if ((mm = m.bad >> (s - j)) != 0) {
+            r.end = s + kou_http_ctz(mm);
+            return r;
+        }
+        j += 64;
     }
-    b->base = j & ~(size_t) 63;
-    k->classify(buf, b->base, end, &b->m);
-    m = b->m.bad >> (j - b->base);
-    if (m != 0) {
-        r.end = j + (size_t) __builtin_ctzll(m);
-        return r;
-    }
-    /*
-     * A line longer than that (a long cookie, say): the field-line scan
-     * alone is cheaper than the masks, which the next line classifies
-     * where it starts. A block without a bad bit is a whole one.
-     */
-    r.end = k->field_line(buf, b->base + 64, end);
-    return r;
 }
 
 /*
- * The line that starts at i: both ends from the block at hand when its
- * end is in it (its name's end then is too, since every bad byte is a
- * non-tchar), the searches of kou_http_next otherwise.
+ * The line that starts at i: where it ends (its first byte outside the
+ * field-line class, end if none) and where its name does (its first
+ * non-tchar), both from the block at hand when the line's end is in it.
  */
 static inline __attribute__((always_inline)) kou_http_line_t
 kou_http_line(const kou_http_kernels_t *k, const u_char *buf, size_t end,
-              kou_http_blk_t *b, size_t i)
+              kou_http_scan_t *b, size_t i)
 {
     kou_http_line_t r;
     size_t          off = i - b->base;
     uint64_t        m;
 
     if (__builtin_expect(off < 64, 1)) {
-        m = b->m.bad >> off;
+        m = b->bad >> off;
         if (__builtin_expect(m != 0, 1)) {
-            r.end = i + (size_t) __builtin_ctzll(m);
-            r.name = i + (size_t) __builtin_ctzll(b->m.ntc >> off);
+            r.end = i + kou_http_ctz(m);
+            r.name = i + kou_http_ctz(b->ntc >> off);
             return r;
         }
     }
@@ -1432,24 +1393,34 @@ kou_http_line(const kou_http_kernels_t *k, const u_char *buf, size_t end,
  * path would have found. Returns the offset after the LF; or 0, with p as
  * it was, for any other line and for a line that is not acceptable, so
  * that every status keeps the one source that ties it to a position.
+ * Either way *b holds the masks of the first block.
  */
-static size_t
+static inline __attribute__((always_inline)) size_t
 kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
-                      const kou_http_kernels_t *k, kou_http_blk_t *b)
+                      const kou_http_kernels_t *k, kou_http_scan_t *b)
 {
-    size_t   me, e, v, ts, te;
-    uint64_t w, v11, v10;
-    unsigned id;
+    kou_http_lines_t m;
+    size_t           me, e, v, ts, te;
+    uint64_t         w, v11, v10;
+    unsigned         id;
 
-    if (!k->blocks) {
+    m = k->lines(buf, 0, end);
+    b->base = 0;
+    b->bad = m.bad;
+    b->ntc = m.ntc;
+    if (m.ntc == 0) {
         return 0;
     }
-    me = kou_http_next(k, buf, end, b, 0, true);
-    if (me == 0 || me == end || buf[me] != ' ') {
+    me = kou_http_ctz(m.ntc);
+    if (me == 0 || me >= end || buf[me] != ' ') {
         return 0;
     }
-    /* the first byte outside the field-line class: the CR, if all is well */
-    e = kou_http_next(k, buf, end, b, me + 1, false);
+    /*
+     * The first byte outside the field-line class: the CR, if all is
+     * well. A method is tchars and SP is in the class, so it is also the
+     * first such byte after the method, found without waiting for it.
+     */
+    e = m.bad != 0 ? kou_http_ctz(m.bad) : k->field_line(buf, 64, end);
     if (e + 1 >= end || e > p->limits->max_request_line || e < me + 11
         || !kou_http_crlf(buf + e) || buf[e - 9] != ' ')
     {
@@ -1467,9 +1438,11 @@ kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
     kou_http_span(&p->method, 0, me);
     kou_http_span(&p->target, ts, te - ts);
     p->flags = KOU_HP_SP1 | KOU_HP_SP2;
-    id = kou_http_method_lookup(buf, me);
+    /* GET, what nearly all are, without the call */
+    id = me == 3 && memcmp(buf, "GET", 3) == 0
+         ? KOU_METHOD_GET : kou_http_method_lookup(buf, me);
     if (buf[ts] == '/' && id != KOU_METHOD_CONNECT
-        && kou_http_span_blk(b, buf, ts, te, end, KOU_HTTP_SET_PATH) == te)
+        && kou_http_span_to(buf, ts, te, end, KOU_HTTP_SET_PATH) == te)
     {
         /*
          * What kou_http_request_line decides of such a line, without a
@@ -1491,12 +1464,119 @@ kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
 }
 
 /*
+ * A first call's whole head, when it has the shape nearly all have: the
+ * request line of kou_http_request_fast, then field lines each of them
+ * whole in buf[0..end), a non-empty name, ":" and at most one SP, a value
+ * that neither starts nor ends with OWS, room for one more header. Such
+ * a line is taken with what the general loop would do with it (the same
+ * header stored, the same kou_http_field_meaning), in a function of its
+ * own, so that what a line needs stays in registers.
+ *
+ * At the first other line it stops and leaves p as a call that ended
+ * right before that line would have left it (headers as offsets, pos at
+ * the line), and returns KOU_AGAIN: the general code then goes on from
+ * there as it would after any split, and decides every fault, limit and
+ * incomplete line. So no status comes from here but KOU_OK and those of
+ * the meaning of a field the general code would have taken alike.
+ */
+static __attribute__((noinline)) int
+kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t end)
+{
+    const kou_http_kernels_t *k = kou_http_kernels;
+    kou_header_t             *h = p->headers;
+    kou_header_t             *hlim = h + p->limits->max_headers;
+    kou_http_scan_t           b;
+    kou_http_line_t           line;
+    size_t                    ls, e, name, vs, n, i;
+    u_char                    c;
+    int                       rc;
+
+    ls = kou_http_request_fast(p, buf, end, k, &b);
+    if (ls == 0) {
+        return KOU_AGAIN;
+    }
+
+    for ( ;; ) {
+        line = kou_http_line(k, buf, end, &b, ls);
+        e = line.end;
+        name = line.name;
+        if (__builtin_expect(e + 1 >= end || !kou_http_crlf(buf + e), 0)) {
+            break;
+        }
+        if (e == ls) {
+            p->nheaders = (size_t) (h - p->headers);
+            p->head_len = e + 2;
+            return kou_http_head_done(p, buf, 0);
+        }
+        if (__builtin_expect(buf[name] != ':' || name == ls || h == hlim,
+                             0))
+        {
+            break;
+        }
+        /*
+         * With the colon before the CR, buf[name + 2] is at most the LF:
+         * both loads are taken from the name's end, neither waits for
+         * the other. buf[e - 1] is in the field-line class or the colon,
+         * so at most SP only if it is OWS; the first value byte may be
+         * the CR of an empty value, which is left to the general loop
+         * too.
+         */
+        c = buf[name + 1];
+        vs = name + 1 + (c == ' ');
+        c = c == ' ' ? buf[name + 2] : c;
+        if (__builtin_expect(kou_min(c, buf[e - 1]) <= ' ', 0)) {
+            break;
+        }
+        h->name = kou_http_str(buf, ls, name);
+        h->value = kou_http_str(buf, vs, e);
+        h++;
+        n = name - ls;
+        if (n < sizeof(kou_http_named)
+            && kou_http_named[n] == (buf[ls] | 0x20))
+        {
+            /* what kou_http_field_connection makes of the usual value */
+            if (n == 10 && e - vs == 10
+                && kou_http_lc_eq(buf + vs, "keep-alive", 10)
+                && kou_http_lc_eq(buf + ls, "connection", 10))
+            {
+                p->conn_keep_alive = 1;
+            } else {
+                rc = kou_http_field_meaning(p, buf, ls, n, vs, e, end);
+                if (rc != KOU_OK) {
+                    p->nheaders = (size_t) (h - p->headers);
+                    return rc;
+                }
+            }
+        }
+        ls = e + 2;
+    }
+
+    /* as kou_http_parse_general leaves a call that ends at ls */
+    p->nheaders = (size_t) (h - p->headers);
+    for (i = 0; i < p->nheaders; i++) {
+        kou_http_span(&p->headers[i].name,
+                      (size_t) (p->headers[i].name.p - (const char *) buf),
+                      p->headers[i].name.n);
+        kou_http_span(&p->headers[i].value,
+                      (size_t) (p->headers[i].value.p - (const char *) buf),
+                      p->headers[i].value.n);
+    }
+    p->pos = ls;
+    p->line_start = ls;
+    p->state = KOU_HP_FIELD_LINE;
+    return KOU_AGAIN;
+}
+
+/*
  * The state lives in locals while bytes last and goes back into p only
  * when the call ends; the loop over field lines, where a request spends
  * most of its lines, runs without going through the switch. Field lines
- * are found in the masks of kou_http_next: where one ends and where its
+ * are found in the masks of kou_http_line: where one ends and where its
  * name ends are two bit searches from where it starts, so the lines of a
- * head do not wait on a scan each.
+ * head do not wait on a scan each. A field line then costs a few
+ * compares: its colon, one SP at each end of the value (more OWS takes
+ * the loops), the header limit, and one byte of the name against the
+ * names of that length the parser reads.
  *
  * A header found in this call is stored as pointers at once; only those of
  * earlier calls, the first n0, hold offsets to rebase when the head is
@@ -1504,14 +1584,15 @@ kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
  * Each is converted at most once either way, and a head parsed in one call
  * needs no pass over its headers.
  */
-int
-kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
+static __attribute__((noinline)) int
+kou_http_parse_general(kou_http_parser_t *p, const u_char *buf, size_t len)
 {
     const kou_http_limits_t  *lim = p->limits;
     const kou_http_kernels_t *k = kou_http_kernels;
     size_t                    end, stop, pos, ls, name = SIZE_MAX, sp[2];
-    size_t                    n0 = p->nheaders, i;
-    kou_http_blk_t            blk;
+    size_t                    n0 = p->nheaders, i, e, vs, ve, n;
+    kou_header_t             *h, *hlim;
+    kou_http_scan_t           ln;
     kou_http_line_t           line;
     unsigned                  state;
     int                       rc;
@@ -1521,17 +1602,11 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
     pos = p->pos;
     ls = p->line_start;
     state = p->state;
+    h = p->headers + n0;
+    hlim = p->headers + lim->max_headers;
     /* no block yet: any i - base is at least 64 */
-    blk.base = end + 64;
-
-    if (state == KOU_HP_REQUEST_LINE && pos == 0 && end != 0) {
-        pos = kou_http_request_fast(p, buf, end, k, &blk);
-        if (pos != 0) {
-            ls = pos;
-            state = KOU_HP_FIELD_LINE;
-            goto fields;
-        }
-    }
+    ln.base = end + 64;
+    ln.bad = ln.ntc = 0;
 
     switch (state) {
 
@@ -1589,40 +1664,85 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
             name = SIZE_MAX;
             goto field_end;
         }
-    fields:
         for ( ;; ) {
             /*
              * Every tchar is in the field-line class, so the line's first
              * byte outside it is at or after the name's end; the empty
              * line that ends the head is found the same way, at ls.
              */
-            line = kou_http_line(k, buf, end, &blk, pos);
+            line = kou_http_line(k, buf, end, &ln, pos);
             name = line.name;
             pos = line.end;
-            /*
-             * obs-fold (RFC 9112 §5.2): no later byte can redeem it. A
-             * line that starts with SP or HTAB has an empty name, so only
-             * then is its first byte looked at.
-             */
-            if (name == ls && ls < end && kou_http_is_ows(buf[ls])) {
-                return 400;
-            }
-            if (pos + 1 >= end || !kou_http_crlf(buf + pos)) {
+            if (__builtin_expect(pos + 1 >= end
+                                 || !kou_http_crlf(buf + pos), 0))
+            {
+                /*
+                 * obs-fold (RFC 9112 §5.2): no later byte can redeem it.
+                 * A line that starts with SP or HTAB has an empty name, so
+                 * only then is its first byte looked at. (A whole line
+                 * like that is 400 below, for its empty name.)
+                 */
+                if (name == ls && ls < end && kou_http_is_ows(buf[ls])) {
+                    rc = 400;
+                    goto fail;
+                }
                 goto field_end;
             }
             pos += 2;
     field_line:
-            if (pos - 2 == ls) {
+            /* field-name ":" OWS field-value OWS, buf[e] its CR */
+            e = pos - 2;
+            if (e == ls) {
+                p->nheaders = (size_t) (h - p->headers);
                 p->head_len = pos;
                 return kou_http_head_done(p, buf, n0);
             }
             if (name == SIZE_MAX) {
-                name = kou_http_span_to(buf, ls, pos - 2, end,
-                                        KOU_HTTP_SET_TCHAR);
+                name = kou_http_span_to(buf, ls, e, end, KOU_HTTP_SET_TCHAR);
             }
-            rc = kou_http_field_line(p, buf, ls, pos - 2, end, name, &blk);
-            if (rc != KOU_OK) {
-                return rc;
+            /*
+             * This also catches a name that ends the line (buf[e] is CR)
+             * and one followed by whitespace, which is not a token.
+             */
+            if (buf[name] != ':' || name == ls) {
+                rc = 400;
+                goto fail;
+            }
+            if (h == hlim) {
+                rc = 431;
+                goto fail;
+            }
+            /*
+             * No bounds: buf[e] is the CR, and buf[name] the colon, stop
+             * the loops, and a value of nothing but OWS ends where it
+             * starts.
+             */
+            vs = name + 1 + (buf[name + 1] == ' ');
+            ve = e;
+            if (__builtin_expect(kou_http_is_ows(buf[vs])
+                                 || kou_http_is_ows(buf[ve - 1]), 0))
+            {
+                /* more than the one SP nearly every client sends */
+                while (kou_http_is_ows(buf[vs])) {
+                    vs++;
+                }
+                while (kou_http_is_ows(buf[ve - 1])) {
+                    ve--;
+                }
+                ve = kou_max(ve, vs);
+            }
+            /* pointers, not offsets: see the comment above */
+            h->name = kou_http_str(buf, ls, name);
+            h->value = kou_http_str(buf, vs, ve);
+            h++;
+            n = name - ls;
+            if (n < sizeof(kou_http_named)
+                && kou_http_named[n] == (buf[ls] | 0x20))
+            {
+                rc = kou_http_field_meaning(p, buf, ls, n, vs, ve, end);
+                if (rc != KOU_OK) {
+                    goto fail;
+                }
             }
             ls = pos;
         }
@@ -1634,7 +1754,8 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
             goto more;
         }
         if (buf[pos] != '\r') {
-            return 400;
+            rc = 400;
+            goto fail;
         }
         pos++;
         /* fall through */
@@ -1645,7 +1766,8 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
             goto more;
         }
         if (buf[pos] != '\n') {
-            return 400;
+            rc = 400;
+            goto fail;
         }
         pos++;
         if (state == KOU_HP_FIELD_LF) {
@@ -1657,6 +1779,7 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
 
 more:
     /* the headers of this call go back to offsets, as the others are */
+    p->nheaders = (size_t) (h - p->headers);
     for (i = n0; i < p->nheaders; i++) {
         kou_http_span(&p->headers[i].name,
                       (size_t) (p->headers[i].name.p - (const char *) buf),
@@ -1669,6 +1792,28 @@ more:
     p->line_start = ls;
     p->state = state;
     return len > end ? 431 : KOU_AGAIN;
+
+fail:
+    p->nheaders = (size_t) (h - p->headers);
+    return rc;
+}
+
+int
+kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
+{
+    int rc;
+
+    if (p->state == KOU_HP_REQUEST_LINE && p->pos == 0 && len != 0
+        && kou_http_kernels->blocks)
+    {
+        /* a byte at offset max_header_block is one too many */
+        rc = kou_http_head_fast(p, buf,
+                                kou_min(len, p->limits->max_header_block));
+        if (rc != KOU_AGAIN) {
+            return rc;
+        }
+    }
+    return kou_http_parse_general(p, buf, len);
 }
 
 kou_str_t
@@ -2044,10 +2189,10 @@ kou_http_parser_select(void)
 {
     /*
      * Fastest first, as measured, which is not widest first: on the
-     * development CPU (AMD EPYC, Zen 4) the AVX-512 tier parsed requests
-     * about 15% slower than AVX2. Its 512-bit operations run as two halves
-     * there and every step sets up a mask, while a header line rarely
-     * fills even 32 bytes. It stays one KOURIER_SIMD=avx512 away.
+     * development CPU (AMD EPYC, Zen 4) the AVX-512 tier parses the usual
+     * heads no faster than AVX2, being ahead only on lines of kilobytes.
+     * Its 512-bit operations run as two halves there, while a header line
+     * rarely fills even 32 bytes. It stays one KOURIER_SIMD=avx512 away.
      */
     static const unsigned order[] = {
         KOU_SIMD_AVX2, KOU_SIMD_AVX512, KOU_SIMD_SSE42, KOU_SIMD_SCALAR

@@ -48,7 +48,7 @@ typedef struct {
 typedef struct {
     /* ---- input ---- */
     const kou_http_limits_t *limits;
-    kou_header_t *headers;    /* caller's array of at least limits->max_headers */
+    kou_header_t *headers;    /* caller's array, limits->max_headers long */
 
     /* ---- private resumable state (offsets into the buffer) ---- */
     size_t   pos;             /* next byte to examine */
@@ -65,9 +65,14 @@ typedef struct {
     unsigned  method_id;      /* kou_method_e */
     kou_str_t target;         /* as received */
     unsigned  target_form;    /* kou_target_form_e */
-    kou_str_t path;           /* raw (still percent-encoded); "" for * and authority-form */
+    /* raw (still percent-encoded); "" for * and authority-form */
+    kou_str_t path;
     kou_str_t query;          /* after '?', without it; empty if none */
-    kou_str_t host;           /* uri-host without port, from the target (absolute/authority form) or Host */
+    /*
+     * uri-host without port, from the target (absolute or authority form)
+     * or from Host
+     */
+    kou_str_t host;
     kou_str_t port;           /* digits, empty if none */
     unsigned  version;        /* 10 or 11 (HTTP/1.x with x>1 is 11) */
     size_t    nheaders;
@@ -120,8 +125,8 @@ typedef enum {
  * Choose the tier for this process, once, at start-up, before any thread
  * parses: the one named by the environment variable KOURIER_SIMD (scalar,
  * sse42, avx2, avx512) if set and usable, else the fastest the CPU runs:
- * avx2, then avx512, sse42, scalar (AVX-512 measured slower than AVX2 on
- * the short lines of HTTP heads). Returns KOU_OK, or KOU_ERROR (with that
+ * avx2, then avx512, sse42, scalar (AVX-512 measured no faster than AVX2
+ * on the short lines of HTTP heads). Returns KOU_OK, or KOU_ERROR (with that
  * default selected) when KOURIER_SIMD names a tier that is unknown or that
  * this CPU or build cannot run.
  */

@@ -204,39 +204,35 @@ kou_avx2_request_line(const u_char *buf, size_t i, size_t e, size_t sp[2])
 
 /*
  * The masks of two vectors' bytes, lo's first, shifted right by shl and
- * shh to drop the bytes before i, then or'ed with fill. Written out set by
- * set, in scalars: the compiler would otherwise gather the masks into a
- * vector through the stack.
+ * shh to drop the bytes before i, then or'ed with fill. Written out in
+ * scalars: the compiler would otherwise gather the masks into a vector
+ * through the stack.
  */
-static inline __attribute__((always_inline)) void
-kou_avx2_masks(kou_avx2_nib_t lo, kou_avx2_nib_t hi, unsigned shl,
-               unsigned shh, uint64_t fill, kou_http_masks_t *m)
+static inline __attribute__((always_inline)) kou_http_lines_t
+kou_avx2_lines2(kou_avx2_nib_t lo, kou_avx2_nib_t hi, unsigned shl,
+                unsigned shh, uint64_t fill)
 {
-#define KOU_AVX2_JOIN(set, neg)                                               \
-    ((uint64_t) (((neg) ? ~kou_avx2_in(lo, set) : kou_avx2_in(lo, set))      \
-                 >> shl)                                                      \
-     | (uint64_t) (((neg) ? ~kou_avx2_in(hi, set) : kou_avx2_in(hi, set))    \
-                   >> shh) << 32                                              \
-     | fill)
+    kou_http_lines_t r;
 
-    m->bad = KOU_AVX2_JOIN(KOU_HTTP_SET_FL_BAD, false);
-    m->ntc = KOU_AVX2_JOIN(KOU_HTTP_SET_TCHAR, true);
-    m->npath = KOU_AVX2_JOIN(KOU_HTTP_SET_PATH, true);
-    m->nreg = KOU_AVX2_JOIN(KOU_HTTP_SET_REGNAME, true);
-#undef KOU_AVX2_JOIN
+    r.bad = (uint64_t) (kou_avx2_in(lo, KOU_HTTP_SET_FL_BAD) >> shl)
+            | (uint64_t) (kou_avx2_in(hi, KOU_HTTP_SET_FL_BAD) >> shh) << 32
+            | fill;
+    r.ntc = (uint64_t) (~kou_avx2_in(lo, KOU_HTTP_SET_TCHAR) >> shl)
+            | (uint64_t) (~kou_avx2_in(hi, KOU_HTTP_SET_TCHAR) >> shh) << 32
+            | fill;
+    return r;
 }
 
 /*
- * Fewer than 64 bytes left: vectors that end at e, shifted, or, in a
- * buffer shorter than one, a copy padded with NULs (which are in no
- * class, as the positions past e must be). The high half of a vector
- * that ends at e stands for bytes past it when it is all there is, so it
- * is shifted out whole (a NUL vector's masks are ones, which the fill
- * also sets).
+ * Fewer than 64 bytes left in a buffer shorter than 64: vectors that end
+ * at e, shifted, or, in a buffer shorter than one, a copy padded with
+ * NULs (which are in no class, as the positions past e must be). The high
+ * half of a vector that ends at e stands for bytes past it when it is all
+ * there is, so it is shifted out whole (a NUL vector's masks are ones,
+ * which the fill also sets).
  */
-static __attribute__((noinline)) void
-kou_avx2_classify_tail(const u_char *buf, size_t i, size_t e,
-                       kou_http_masks_t *m)
+static __attribute__((noinline)) kou_http_lines_t
+kou_avx2_lines_tail(const u_char *buf, size_t i, size_t e)
 {
     u_char         tmp[32] __attribute__((aligned(32)));
     kou_avx2_nib_t lo, hi;
@@ -245,8 +241,7 @@ kou_avx2_classify_tail(const u_char *buf, size_t i, size_t e,
     if (n > 32) {
         lo = kou_avx2_nibbles(kou_avx2_load(buf + i));
         hi = kou_avx2_nibbles(kou_avx2_load(buf + e - 32));
-        kou_avx2_masks(lo, hi, 0, (unsigned) (64 - n), ~0ull << n, m);
-        return;
+        return kou_avx2_lines2(lo, hi, 0, (unsigned) (64 - n), ~0ull << n);
     }
     if (e >= 32) {
         lo = kou_avx2_nibbles(kou_avx2_load(buf + e - 32));
@@ -256,25 +251,39 @@ kou_avx2_classify_tail(const u_char *buf, size_t i, size_t e,
         lo = kou_avx2_nibbles(_mm256_load_si256((const __m256i *) tmp));
         n = 32;
     }
-    kou_avx2_masks(lo, lo, (unsigned) (32 - n), 0, ~0ull << (e - i), m);
+    return kou_avx2_lines2(lo, lo, (unsigned) (32 - n), 0, ~0ull << (e - i));
 }
 
-static void
-kou_avx2_classify(const u_char *buf, size_t i, size_t e,
-                  kou_http_masks_t *m)
+static kou_http_lines_t
+kou_avx2_lines(const u_char *buf, size_t i, size_t e)
 {
-    if (e - i < 64) {
-        kou_avx2_classify_tail(buf, i, e, m);
-        return;
+    kou_http_lines_t r;
+    size_t           n = e - i;
+
+    if (n >= 64) {
+        return kou_avx2_lines2(kou_avx2_nibbles(kou_avx2_load(buf + i)),
+                               kou_avx2_nibbles(kou_avx2_load(buf + i + 32)),
+                               0, 0, 0);
     }
-    kou_avx2_masks(kou_avx2_nibbles(kou_avx2_load(buf + i)),
-                   kou_avx2_nibbles(kou_avx2_load(buf + i + 32)), 0, 0, 0, m);
+    if (e < 64) {
+        return kou_avx2_lines_tail(buf, i, e);
+    }
+    /*
+     * The last block of a head, mostly: the 64 bytes that end at e,
+     * shifted down to i, the same vectors as a whole block.
+     */
+    r = kou_avx2_lines2(kou_avx2_nibbles(kou_avx2_load(buf + e - 64)),
+                        kou_avx2_nibbles(kou_avx2_load(buf + e - 32)),
+                        0, 0, 0);
+    r.bad = r.bad >> (64 - n) | ~0ull << n;
+    r.ntc = r.ntc >> (64 - n) | ~0ull << n;
+    return r;
 }
 
 const kou_http_kernels_t kou_http_kernels_avx2 = {
     kou_avx2_request_line,
     kou_avx2_field_line,
-    kou_avx2_classify,
+    kou_avx2_lines,
     true,
     kou_avx2_span
 };

@@ -160,25 +160,25 @@ kou_512_request_line(const u_char *buf, size_t i, size_t e, size_t sp[2])
  * The masks of buf[i..i+64): masked-off bytes past e read as NULs, which
  * are in no class, and their bits are set as the contract asks.
  */
-static void
-kou_512_classify(const u_char *buf, size_t i, size_t e, kou_http_masks_t *m)
+static kou_http_lines_t
+kou_512_lines(const u_char *buf, size_t i, size_t e)
 {
-    kou_512_nib_t n;
-    __mmask64     k;
+    kou_512_nib_t    n;
+    __mmask64        k;
+    kou_http_lines_t r;
 
     k = kou_512_room(i, e);
     n = kou_512_nibbles(e - i >= 64 ? _mm512_loadu_si512(buf + i)
                                     : kou_512_load(k, buf + i));
-    m->bad = kou_512_in(n, KOU_HTTP_SET_FL_BAD) | ~k;
-    m->ntc = ~kou_512_in(n, KOU_HTTP_SET_TCHAR) | ~k;
-    m->npath = ~kou_512_in(n, KOU_HTTP_SET_PATH) | ~k;
-    m->nreg = ~kou_512_in(n, KOU_HTTP_SET_REGNAME) | ~k;
+    r.bad = kou_512_in(n, KOU_HTTP_SET_FL_BAD) | ~k;
+    r.ntc = ~kou_512_in(n, KOU_HTTP_SET_TCHAR) | ~k;
+    return r;
 }
 
 const kou_http_kernels_t kou_http_kernels_avx512 = {
     kou_512_request_line,
     kou_512_field_line,
-    kou_512_classify,
+    kou_512_lines,
     true,
     kou_512_span
 };
@@ -216,25 +216,24 @@ kou_512vbmi_span(const u_char *buf, size_t i, size_t e, unsigned set)
     return m ? kou_512_at(i, m) : e;
 }
 
-static KOU_VBMI void
-kou_512vbmi_classify(const u_char *buf, size_t i, size_t e,
-                     kou_http_masks_t *m)
+static KOU_VBMI kou_http_lines_t
+kou_512vbmi_lines(const u_char *buf, size_t i, size_t e)
 {
-    __m512i   v;
-    __mmask64 k;
+    __m512i          v;
+    __mmask64        k;
+    kou_http_lines_t r;
 
     k = kou_512_room(i, e);
     v = e - i >= 64 ? _mm512_loadu_si512(buf + i) : kou_512_load(k, buf + i);
-    m->bad = kou_512vbmi_in(v, KOU_HTTP_SET_FL_BAD) | ~k;
-    m->ntc = ~kou_512vbmi_in(v, KOU_HTTP_SET_TCHAR) | ~k;
-    m->npath = ~kou_512vbmi_in(v, KOU_HTTP_SET_PATH) | ~k;
-    m->nreg = ~kou_512vbmi_in(v, KOU_HTTP_SET_REGNAME) | ~k;
+    r.bad = kou_512vbmi_in(v, KOU_HTTP_SET_FL_BAD) | ~k;
+    r.ntc = ~kou_512vbmi_in(v, KOU_HTTP_SET_TCHAR) | ~k;
+    return r;
 }
 
 const kou_http_kernels_t kou_http_kernels_avx512vbmi = {
     kou_512_request_line,
     kou_512_field_line,
-    kou_512vbmi_classify,
+    kou_512vbmi_lines,
     true,
     kou_512vbmi_span
 };

@@ -6,7 +6,7 @@
  * byte.
  *
  * Every scanning kernel returns the least k in [i, e) such that buf[k] is
- * outside its class, or e when there is none; classify returns bit masks
+ * outside its class, or e when there is none; lines returns bit masks
  * instead. A kernel may read any byte of buf[0..e), including bytes before
  * i (a vector ending at e may reach back), and none at or after e. The
  * scalar kernels in http_parse.c are the definition; each tier must return
@@ -49,16 +49,14 @@ typedef struct {
 extern kou_http_sets_t kou_http_sets;
 
 /*
- * What classify says of 64 bytes, bit j for byte i + j; a bit is also set
+ * What lines says of 64 bytes, bit j for byte i + j; a bit is also set
  * for every position at or after e, so that a search for the next set bit
  * never passes the end of the input.
  */
 typedef struct {
     uint64_t bad;             /* outside the field-line class */
     uint64_t ntc;             /* not a tchar (every bad byte is one) */
-    uint64_t npath;           /* not in kou_http_sets.<PATH> */
-    uint64_t nreg;            /* not in kou_http_sets.<REGNAME> */
-} kou_http_masks_t;
+} kou_http_lines_t;
 
 typedef struct {
     /*
@@ -71,18 +69,17 @@ typedef struct {
     /* Class HTAB, SP, VCHAR, obs-text: all but 0x00-0x08, 0x0a-0x1f, DEL. */
     size_t (*field_line)(const u_char *buf, size_t i, size_t e);
     /*
-     * The masks of buf[i..i+64), i < e, into *m: the head is classified
-     * 64 bytes at a time, ahead of the lines, so that finding where a
-     * field line and its name end, or whether a short target or Host is
-     * all path or reg-name bytes, is a bit search, not a scan that must
-     * wait for the line before it.
+     * The masks of buf[i..i+64), i < e: the head is classified 64 bytes
+     * at a time, ahead of the lines, so that finding where a field line
+     * and its name end is a bit search, not a scan that must wait for the
+     * line before it. Returned by value, in two registers, so that the
+     * loop over lines keeps them there.
      */
-    void (*classify)(const u_char *buf, size_t i, size_t e,
-                     kou_http_masks_t *m);
+    kou_http_lines_t (*lines)(const u_char *buf, size_t i, size_t e);
     /*
-     * Whether the parser should find lines with classify: a tier that
+     * Whether the parser should find lines with lines: a tier that
      * classifies a byte at a time does better scanning each line, and
-     * keeps classify only as the definition the tests compare with.
+     * keeps lines only as the definition the tests compare with.
      */
     bool blocks;
     /* Class kou_http_sets.<set>, one of the first four. */

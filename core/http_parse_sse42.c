@@ -168,27 +168,22 @@ kou_sse_request_line(const u_char *buf, size_t i, size_t e, size_t sp[2])
 }
 
 /* The masks of the 64 bytes at p, all readable, or'ed with fill. */
-static inline void
-kou_sse_masks64(const u_char *p, kou_http_masks_t *m, uint64_t fill)
+static inline kou_http_lines_t
+kou_sse_lines64(const u_char *p, uint64_t fill)
 {
-    kou_sse_nib_t n;
-    uint64_t      bad = 0, ntc = 0, npath = 0, nreg = 0;
-    unsigned      j;
+    kou_sse_nib_t    n;
+    kou_http_lines_t r = { 0, 0 };
+    unsigned         j;
 
     for (j = 0; j < 4; j++) {
         n = kou_sse_nibbles(kou_sse_load(p + 16 * j));
-        bad |= (uint64_t) kou_sse_in(n, KOU_HTTP_SET_FL_BAD) << (16 * j);
-        ntc |= (uint64_t) (~kou_sse_in(n, KOU_HTTP_SET_TCHAR) & 0xffff)
-               << (16 * j);
-        npath |= (uint64_t) (~kou_sse_in(n, KOU_HTTP_SET_PATH) & 0xffff)
+        r.bad |= (uint64_t) kou_sse_in(n, KOU_HTTP_SET_FL_BAD) << (16 * j);
+        r.ntc |= (uint64_t) (~kou_sse_in(n, KOU_HTTP_SET_TCHAR) & 0xffff)
                  << (16 * j);
-        nreg |= (uint64_t) (~kou_sse_in(n, KOU_HTTP_SET_REGNAME) & 0xffff)
-                << (16 * j);
     }
-    m->bad = bad | fill;
-    m->ntc = ntc | fill;
-    m->npath = npath | fill;
-    m->nreg = nreg | fill;
+    r.bad |= fill;
+    r.ntc |= fill;
+    return r;
 }
 
 /*
@@ -196,44 +191,40 @@ kou_sse_masks64(const u_char *p, kou_http_masks_t *m, uint64_t fill)
  * buffer shorter than that, a copy padded with NULs (which are in no
  * class, as the positions past e must be).
  */
-static __attribute__((noinline)) void
-kou_sse_classify_tail(const u_char *buf, size_t i, size_t e,
-                      kou_http_masks_t *m)
+static __attribute__((noinline)) kou_http_lines_t
+kou_sse_lines_tail(const u_char *buf, size_t i, size_t e)
 {
-    u_char tmp[64] __attribute__((aligned(16)));
-    size_t n = e - i;
+    u_char           tmp[64] __attribute__((aligned(16)));
+    size_t           n = e - i;
+    kou_http_lines_t r;
 
     if (e >= 64) {
-        kou_sse_masks64(buf + e - 64, m, 0);
-        m->bad >>= 64 - n;
-        m->ntc >>= 64 - n;
-        m->npath >>= 64 - n;
-        m->nreg >>= 64 - n;
+        r = kou_sse_lines64(buf + e - 64, 0);
+        r.bad >>= 64 - n;
+        r.ntc >>= 64 - n;
     } else {
         memset(tmp, 0, sizeof(tmp));
         memcpy(tmp, buf + i, n);
-        kou_sse_masks64(tmp, m, 0);
+        r = kou_sse_lines64(tmp, 0);
     }
-    m->bad |= ~0ull << n;
-    m->ntc |= ~0ull << n;
-    m->npath |= ~0ull << n;
-    m->nreg |= ~0ull << n;
+    r.bad |= ~0ull << n;
+    r.ntc |= ~0ull << n;
+    return r;
 }
 
-static void
-kou_sse_classify(const u_char *buf, size_t i, size_t e, kou_http_masks_t *m)
+static kou_http_lines_t
+kou_sse_lines(const u_char *buf, size_t i, size_t e)
 {
     if (e - i >= 64) {
-        kou_sse_masks64(buf + i, m, 0);
-        return;
+        return kou_sse_lines64(buf + i, 0);
     }
-    kou_sse_classify_tail(buf, i, e, m);
+    return kou_sse_lines_tail(buf, i, e);
 }
 
 const kou_http_kernels_t kou_http_kernels_sse42 = {
     kou_sse_request_line,
     kou_sse_field_line,
-    kou_sse_classify,
+    kou_sse_lines,
     true,
     kou_sse_span
 };
