@@ -1100,7 +1100,7 @@ kou_http_field_expect(kou_http_parser_t *p, const u_char *buf, size_t i,
  * target carries the authority the field is only checked: the target's
  * host wins (RFC 9112 §3.2.2). Otherwise it must name a host.
  */
-static int
+static inline __attribute__((always_inline)) int
 kou_http_field_host(kou_http_parser_t *p, const u_char *buf, size_t s,
                     size_t e, size_t rd)
 {
@@ -1273,6 +1273,27 @@ kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
     p->head_len = 0;
 }
 
+/*
+ * A call that ends before the head does: p->headers[from..] up to h, stored
+ * as pointers into buf, become offsets, as a later call expects them all.
+ */
+static void
+kou_http_headers_unbase(kou_http_parser_t *p, const u_char *buf, size_t from,
+                        kou_header_t *h)
+{
+    size_t i;
+
+    p->nheaders = (size_t) (h - p->headers);
+    for (i = from; i < p->nheaders; i++) {
+        kou_http_span(&p->headers[i].name,
+                      (size_t) (p->headers[i].name.p - (const char *) buf),
+                      p->headers[i].name.n);
+        kou_http_span(&p->headers[i].value,
+                      (size_t) (p->headers[i].value.p - (const char *) buf),
+                      p->headers[i].value.n);
+    }
+}
+
 /* Where a field line ends, and its name. */
 typedef struct {
     size_t end;
@@ -1297,8 +1318,9 @@ typedef struct {
  * at the latest).
  */
 static inline __attribute__((always_inline)) kou_http_line_t
-kou_http_line_slow(const kou_http_kernels_t *k, const u_char *buf,
-                   size_t end, kou_http_scan_t *b, size_t i)
+kou_http_line_slow(const kou_http_kernels_t *k, bool blocks,
+                   const u_char *buf, size_t end, kou_http_scan_t *b,
+                   size_t i)
 {
     kou_http_line_t  r;
     kou_http_lines_t m;
@@ -1306,7 +1328,7 @@ kou_http_line_slow(const kou_http_kernels_t *k, const u_char *buf,
     uint64_t         mm;
     unsigned         n;
 
-    if (!k->blocks) {
+    if (!blocks) {
         /* the same two answers, by scanning */
         r.name = k->span(buf, i, end, KOU_HTTP_SET_TCHAR);
         r.end = k->field_line(buf, r.name, end);
@@ -1363,10 +1385,12 @@ kou_http_line_slow(const kou_http_kernels_t *k, const u_char *buf,
  * The line that starts at i: where it ends (its first byte outside the
  * field-line class, end if none) and where its name does (its first
  * non-tchar), both from the block at hand when the line's end is in it.
+ * blocks is k->blocks, or true where the caller knows it is, so that the
+ * code for a tier without blocks is left out there.
  */
 static inline __attribute__((always_inline)) kou_http_line_t
-kou_http_line(const kou_http_kernels_t *k, const u_char *buf, size_t end,
-              kou_http_scan_t *b, size_t i)
+kou_http_line(const kou_http_kernels_t *k, bool blocks, const u_char *buf,
+              size_t end, kou_http_scan_t *b, size_t i)
 {
     kou_http_line_t r;
     size_t          off = i - b->base;
@@ -1381,7 +1405,7 @@ kou_http_line(const kou_http_kernels_t *k, const u_char *buf, size_t end,
         }
     }
     /* inlined too, so that the block stays in registers */
-    return kou_http_line_slow(k, buf, end, b, i);
+    return kou_http_line_slow(k, blocks, buf, end, b, i);
 }
 
 /*
@@ -1487,7 +1511,7 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t end)
     kou_header_t             *hlim = h + p->limits->max_headers;
     kou_http_scan_t           b;
     kou_http_line_t           line;
-    size_t                    ls, e, name, vs, n, i;
+    size_t                    ls, e, name, vs, n;
     u_char                    c;
     int                       rc;
 
@@ -1497,7 +1521,8 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t end)
     }
 
     for ( ;; ) {
-        line = kou_http_line(k, buf, end, &b, ls);
+        /* only a tier with blocks comes here: the constant drops the rest */
+        line = kou_http_line(k, true, buf, end, &b, ls);
         e = line.end;
         name = line.name;
         if (__builtin_expect(e + 1 >= end || !kou_http_crlf(buf + e), 0)) {
@@ -1540,6 +1565,13 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t end)
                 && kou_http_lc_eq(buf + ls, "connection", 10))
             {
                 p->conn_keep_alive = 1;
+            } else if (n == 4 && kou_http_lc_eq(buf + ls, "host", 4)) {
+                /* what kou_http_field_meaning does, without its switch */
+                rc = kou_http_field_host(p, buf, vs, e, end);
+                if (rc != KOU_OK) {
+                    p->nheaders = (size_t) (h - p->headers);
+                    return rc;
+                }
             } else {
                 rc = kou_http_field_meaning(p, buf, ls, n, vs, e, end);
                 if (rc != KOU_OK) {
@@ -1552,15 +1584,7 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t end)
     }
 
     /* as kou_http_parse_general leaves a call that ends at ls */
-    p->nheaders = (size_t) (h - p->headers);
-    for (i = 0; i < p->nheaders; i++) {
-        kou_http_span(&p->headers[i].name,
-                      (size_t) (p->headers[i].name.p - (const char *) buf),
-                      p->headers[i].name.n);
-        kou_http_span(&p->headers[i].value,
-                      (size_t) (p->headers[i].value.p - (const char *) buf),
-                      p->headers[i].value.n);
-    }
+    kou_http_headers_unbase(p, buf, 0, h);
     p->pos = ls;
     p->line_start = ls;
     p->state = KOU_HP_FIELD_LINE;
@@ -1590,7 +1614,7 @@ kou_http_parse_general(kou_http_parser_t *p, const u_char *buf, size_t len)
     const kou_http_limits_t  *lim = p->limits;
     const kou_http_kernels_t *k = kou_http_kernels;
     size_t                    end, stop, pos, ls, name = SIZE_MAX, sp[2];
-    size_t                    n0 = p->nheaders, i, e, vs, ve, n;
+    size_t                    n0 = p->nheaders, e, vs, ve, n;
     kou_header_t             *h, *hlim;
     kou_http_scan_t           ln;
     kou_http_line_t           line;
@@ -1670,7 +1694,7 @@ kou_http_parse_general(kou_http_parser_t *p, const u_char *buf, size_t len)
              * byte outside it is at or after the name's end; the empty
              * line that ends the head is found the same way, at ls.
              */
-            line = kou_http_line(k, buf, end, &ln, pos);
+            line = kou_http_line(k, k->blocks, buf, end, &ln, pos);
             name = line.name;
             pos = line.end;
             if (__builtin_expect(pos + 1 >= end
@@ -1779,15 +1803,7 @@ kou_http_parse_general(kou_http_parser_t *p, const u_char *buf, size_t len)
 
 more:
     /* the headers of this call go back to offsets, as the others are */
-    p->nheaders = (size_t) (h - p->headers);
-    for (i = n0; i < p->nheaders; i++) {
-        kou_http_span(&p->headers[i].name,
-                      (size_t) (p->headers[i].name.p - (const char *) buf),
-                      p->headers[i].name.n);
-        kou_http_span(&p->headers[i].value,
-                      (size_t) (p->headers[i].value.p - (const char *) buf),
-                      p->headers[i].value.n);
-    }
+    kou_http_headers_unbase(p, buf, n0, h);
     p->pos = pos;
     p->line_start = ls;
     p->state = state;
