@@ -174,6 +174,7 @@ struct kou_proxy_peer_s {
     kou_proxy_uconn_t      *idle;       /* pool: head (most recent) */
     kou_proxy_uconn_t      *idle_tail;
     uint64_t                nidle;
+    kou_htimer_t           *trim;       /* pool over keepalive: trim soon */
     kou_proxy_route_t      *pr;
     uint64_t               *st;         /* this slot's counters, or NULL */
 };
@@ -697,6 +698,21 @@ kou_proxy_uconn_alive(kou_proxy_uconn_t *uc)
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
+/* Close the least recently used idle connections over `keepalive`. */
+static void
+kou_proxy_pool_trim(void *arg)
+{
+    kou_proxy_peer_t *peer = arg;
+
+    peer->trim = NULL;              /* freed by the server once fired */
+    while (peer->nidle > (uint64_t) peer->pr->keepalive) {
+        kou_proxy_uconn_t *old = peer->idle_tail;
+
+        kou_proxy_pool_unlink(old);
+        kou_proxy_uconn_close(old);
+    }
+}
+
 static void
 kou_proxy_pool_put(kou_proxy_uconn_t *uc)
 {
@@ -704,12 +720,19 @@ kou_proxy_pool_put(kou_proxy_uconn_t *uc)
     kou_proxy_route_t *pr = peer->pr;
 
     uc->ctx = NULL;
-    if (peer->nidle >= (uint64_t) pr->keepalive) {
-        /* full: the least recently used one makes room */
-        kou_proxy_uconn_t *old = peer->idle_tail;
-
-        kou_proxy_pool_unlink(old);
-        kou_proxy_uconn_close(old);
+    if (peer->nidle >= (uint64_t) pr->keepalive && peer->trim == NULL) {
+        /*
+         * Full. The pool is trimmed back to `keepalive` once this round
+         * of events is done, not now: under load, responses that end
+         * together are followed by requests that start together, and a
+         * connection closed here would be opened again a moment later.
+         */
+        peer->trim = kou_proxy_host->timer_add(0, kou_proxy_pool_trim,
+                                               peer);
+        if (peer->trim == NULL) {
+            kou_proxy_uconn_close(uc);
+            return;
+        }
     }
     uc->idle_since = kou_proxy_host->now_ms();
     if (kou_proxy_uc_arm(uc, uc->idle_since + pr->keepalive_timeout)
@@ -780,6 +803,10 @@ kou_proxy_pools_close(kou_proxy_route_t *pr)
         while ((uc = peer->idle) != NULL) {
             kou_proxy_pool_unlink(uc);
             kou_proxy_uconn_close(uc);
+        }
+        if (peer->trim != NULL) {
+            kou_proxy_host->timer_del(peer->trim);
+            peer->trim = NULL;
         }
     }
 }

@@ -1160,6 +1160,53 @@ class TestAbort(kt.ServerTestCase):
         self.assertEqual(outcome, ["closed"])
 
 
+class TestPoolLimit(kt.ServerTestCase):
+    """`keepalive` bounds the idle pool: connections freed together beyond
+    it are closed (after the round of events that freed them), never kept,
+    and the ones kept are reused."""
+
+    def tearDown(self):
+        self.check_server_log(self.server)
+        self.server.stop()
+        self.up.stop()
+
+    def test_idle_pool_trimmed_to_keepalive(self):
+        gate = threading.Event()
+
+        def held(req, conn):
+            conn.read_body(req)
+            gate.wait(kt.DEADLINE)
+            conn.respond(200, b"ok")
+
+        self.up = up.Upstream(held, name="held")
+        self.server = start([{"prefix": "/", "keepalive": 2,
+                              "upstreams": [self.up.address]}])
+        clients = [RawClient(self.server.port) for _ in range(6)]
+        for i, c in enumerate(clients):
+            c.sock.sendall(kt.request_bytes("GET", "/held/%d" % i))
+        # six requests in flight at once: six upstream connections
+        self.up.wait(lambda: len(self.up.requests) == 6, "6 requests")
+        self.assertEqual(self.up.open, 6)
+        gate.set()
+        for c in clients:
+            status, _ = c.head()
+            self.assertEqual(status, 200)
+            c.body_length(2)
+        # all six are free now; two stay in the pool
+        self.up.wait(lambda: self.up.open == 2, "the pool to be trimmed "
+                     "to 2 (open: %d)" % self.up.open)
+        before = self.up.connections
+        for c in clients[:2]:
+            c.sock.sendall(kt.request_bytes("GET", "/again"))
+            status, _ = c.head()
+            self.assertEqual(status, 200)
+            c.body_length(2)
+        self.assertEqual(self.up.connections, before,
+                         "the two pooled connections were not reused")
+        for c in clients:
+            c.close()
+
+
 class TestUpgrade(kt.ServerTestCase):
     """Connection: upgrade (WebSocket) tunnelled both ways after a 101, on
     routes that allow it."""
