@@ -3,7 +3,7 @@
  * build can run, beside picohttpparser's phr_parse_request (as Debian's
  * libh2o ships it), on the same fixed set of requests in the same harness.
  *
- *   parser [-r RUNS] [-t SECONDS] [-c CPU] [-m]
+ *   parser [-r RUNS] [-t SECONDS] [-c CPU] [-m] [-k CASE]
  *   parser -p PARSER [-k CASE] [-n ITERS]
  *
  * Each (request, parser) pair is timed RUNS times (default 11) for about
@@ -11,7 +11,7 @@
  * parser; the median run is reported with the min-max spread, as ns per
  * request and GB/s of head bytes parsed (a body is skipped, never parsed,
  * by either). -c pins the process to one CPU. -m prints a Markdown table
- * (for docs/benchmarks.md) instead of text.
+ * (for docs/benchmarks.md) instead of text. -k times one case only.
  *
  * -p runs one parser (a tier name or "pico") ITERS times (default 100000)
  * over case number CASE (0-based, in the table's order; default: every
@@ -388,7 +388,8 @@ main(int argc, char **argv)
             break;
         default:
             fprintf(stderr, "usage: parser [-r RUNS] [-t SECONDS] [-c CPU]"
-                            " [-m] | -p PARSER [-k CASE] [-n ITERS]\n");
+                            " [-m] [-k CASE]\n"
+                            "       parser -p PARSER [-k CASE] [-n ITERS]\n");
             return 2;
         }
     }
@@ -442,7 +443,9 @@ main(int argc, char **argv)
     }
 
     for (i = 0; i < ncases; i++) {
-        kou_bp_measure(&cases[i], runs, seconds, &res[i]);
+        if (only == SIZE_MAX || only == i) {
+            kou_bp_measure(&cases[i], runs, seconds, &res[i]);
+        }
     }
 
     printf("median of %u runs of %.2f s of CPU time per request and "

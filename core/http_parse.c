@@ -48,28 +48,7 @@
 #include <stdlib.h>
 
 #include "kou_build.h"
-#include "http_parse.h"
-#include "http_parse_kernel.h"
-
-/* Where p->pos stands. */
-enum {
-    KOU_HP_REQUEST_LINE = 0,  /* request line, or the leading empty line */
-    KOU_HP_REQUEST_LF,        /* its CR seen */
-    KOU_HP_FIELD_LINE,        /* a field line, or the empty line ending all */
-    KOU_HP_FIELD_LF           /* its CR seen */
-};
-
-/* p->flags: what the fields said so far. */
-#define KOU_HP_HOST        0x01u  /* a Host field was seen */
-#define KOU_HP_CL          0x02u  /* a Content-Length field was seen */
-#define KOU_HP_TE          0x04u  /* a Transfer-Encoding field was seen */
-#define KOU_HP_TE_CHUNKED  0x08u  /* the last coding so far is chunked */
-#define KOU_HP_TE_OTHER    0x10u  /* some coding is not chunked */
-#define KOU_HP_EXPECT_BAD  0x20u  /* an expectation other than 100-continue */
-#define KOU_HP_ROOT_PATH   0x40u  /* absolute-form without a path */
-#define KOU_HP_SP1         0x80u  /* p->method spans the method */
-#define KOU_HP_SP2         0x100u /* p->target spans the target */
-#define KOU_HP_RL_DONE     0x200u /* the request line was judged: good */
+#include "http_parse_fast.h"
 
 /*
  * Character classes, one table each so that every table reads as the ABNF
@@ -165,23 +144,6 @@ kou_http_is_ows(u_char c)
     return c == ' ' || c == '\t';
 }
 
-/*
- * The index of the lowest set bit of m != 0, as a size_t: through
- * unsigned, which saves the sign extension of the builtin's int.
- */
-static inline size_t
-kou_http_ctz(uint64_t m)
-{
-    return (unsigned) __builtin_ctzll(m);
-}
-
-/* CR LF at p, p[1] readable: one 16-bit compare once inlined. */
-static inline bool
-kou_http_crlf(const u_char *p)
-{
-    return memcmp(p, "\r\n", 2) == 0;
-}
-
 static inline size_t
 kou_http_skip_ows(const u_char *buf, size_t i, size_t e)
 {
@@ -198,82 +160,6 @@ kou_http_skip_tchar(const u_char *buf, size_t i, size_t e)
         i++;
     }
     return i;
-}
-
-static inline kou_str_t
-kou_http_str(const u_char *buf, size_t s, size_t e)
-{
-    return (kou_str_t) { (const char *) buf + s, e - s };
-}
-
-/*
- * Whether n bytes of a field line equal lc, a lower-case literal of
- * letters, digits and '-', ignoring case. OR-ing 0x20 into a byte turns
- * A-Z into a-z and leaves those literal bytes as they are; the only other
- * bytes it maps onto them are controls, which no field line holds. So a
- * word at a time is exact, and the literal's length is a constant once
- * inlined, which unrolls the loop.
- */
-static inline __attribute__((always_inline)) bool
-kou_http_lc_eq(const u_char *s, const char *lc, size_t n)
-{
-    uint64_t a, b;
-    uint32_t c, d;
-    size_t   i;
-
-    if (n >= 8) {
-        for (i = 0; i + 8 <= n; i += 8) {
-            memcpy(&a, s + i, 8);
-            memcpy(&b, lc + i, 8);
-            if ((a | 0x2020202020202020ull) != b) {
-                return false;
-            }
-        }
-        if (i == n) {
-            return true;
-        }
-        /* the last word overlaps the one before */
-        memcpy(&a, s + n - 8, 8);
-        memcpy(&b, lc + n - 8, 8);
-        return (a | 0x2020202020202020ull) == b;
-    }
-    if (n >= 4) {
-        memcpy(&c, s, 4);
-        memcpy(&d, lc, 4);
-        if ((c | 0x20202020u) != d) {
-            return false;
-        }
-        memcpy(&c, s + n - 4, 4);
-        memcpy(&d, lc + n - 4, 4);
-        return (c | 0x20202020u) == d;
-    }
-    for (i = 0; i < n; i++) {
-        if ((s[i] | 0x20) != (u_char) lc[i]) {
-            return false;
-        }
-    }
-    return true;
-}
-
-#define kou_http_lc_is(s, n, lit)                                            \
-    ((n) == sizeof(lit) - 1 && kou_http_lc_eq((s), (lit), sizeof(lit) - 1))
-
-/*
- * Until the head is complete a slice holds an offset in its pointer; the
- * integer-to-pointer conversion is implementation-defined, not undefined,
- * and no such pointer is ever dereferenced before kou_http_rebase.
- */
-static inline void
-kou_http_span(kou_str_t *s, size_t off, size_t n)
-{
-    s->p = (const char *) (uintptr_t) off;
-    s->n = n;
-}
-
-static inline void
-kou_http_rebase(kou_str_t *s, const u_char *buf)
-{
-    s->p = (const char *) buf + (uintptr_t) s->p;
 }
 
 /* ---- the scalar kernels: what every tier's kernels must return ---- */
@@ -339,12 +225,29 @@ kou_http_scalar_lines(const u_char *buf, size_t i, size_t e)
     return m;
 }
 
+static kou_http_first_t
+kou_http_scalar_first(const u_char *buf, size_t e)
+{
+    kou_http_first_t m = { ~0ull, ~0ull, ~0ull, ~0ull };
+    size_t           j, n = kou_min(e, 64);
+
+    for (j = 0; j < n; j++) {
+        m.bad &= ~((uint64_t) kou_http_fl[buf[j]] << j);
+        m.ntc &= ~((uint64_t) kou_http_tchar[buf[j]] << j);
+        m.npath &= ~((uint64_t) kou_http_path[buf[j]] << j);
+        m.nreg &= ~((uint64_t) kou_http_regname[buf[j]] << j);
+    }
+    return m;
+}
+
 const kou_http_kernels_t kou_http_kernels_scalar = {
     kou_http_scalar_request_line,
     kou_http_scalar_field_line,
     kou_http_scalar_lines,
     false,
-    kou_http_scalar_span
+    kou_http_scalar_span,
+    kou_http_scalar_first,
+    NULL
 };
 
 const kou_http_kernels_t *kou_http_kernels = &kou_http_kernels_scalar;
@@ -725,7 +628,7 @@ kou_http_target(kou_http_parser_t *p, const u_char *buf, size_t s, size_t e,
 }
 
 /* The known methods by length first: one or two fixed-size compares. */
-static unsigned
+unsigned
 kou_http_method_lookup(const u_char *m, size_t n)
 {
     switch (n) {
@@ -753,14 +656,8 @@ kou_http_method_lookup(const u_char *m, size_t n)
     }
 }
 
-/*
- * Judge the request line: method SP request-target SP HTTP-version, the
- * spans of the first two in p->method and p->target, the version's 8
- * bytes at buf[v] already known to match "HTTP/" DIGIT "." DIGIT, and
- * buf[0..rd) readable. All 400s come before the 505 so that a malformed
- * line is never reported as a version problem.
- */
-static int
+/* All 400s come before the 505: a malformed line is never a version one. */
+int
 kou_http_request_line(kou_http_parser_t *p, const u_char *buf, size_t v,
                       size_t rd)
 {
@@ -1098,21 +995,20 @@ kou_http_field_expect(kou_http_parser_t *p, const u_char *buf, size_t i,
 /*
  * Host (RFC 9110 §7.2): at most one, valid uri-host [":" port]. When the
  * target carries the authority the field is only checked: the target's
- * host wins (RFC 9112 §3.2.2). Otherwise it must name a host.
+ * host wins (RFC 9112 §3.2.2). Otherwise it must name a host. hend is
+ * where the run of reg-name bytes from s ends (at most e), as the caller
+ * found it.
  */
-static inline __attribute__((always_inline)) int
-kou_http_field_host(kou_http_parser_t *p, const u_char *buf, size_t s,
-                    size_t e, size_t rd)
+int
+kou_http_field_host_at(kou_http_parser_t *p, const u_char *buf, size_t s,
+                       size_t e, size_t rd, size_t hend)
 {
-    size_t hend;
-
     if (p->flags & KOU_HP_HOST) {
         return 400;
     }
     p->flags |= KOU_HP_HOST;
     if (p->target_form == KOU_TARGET_ORIGIN && e > s) {
         /* reg-name or IPv4, then the port if any: what nearly all are */
-        hend = kou_http_span_to(buf, s, e, rd, KOU_HTTP_SET_REGNAME);
         if (hend > s && kou_http_port(buf, hend, e)
             && (kou_http_is_digit(buf[hend - 1])
                 ? kou_http_ipv4(buf + s, hend - s)
@@ -1138,20 +1034,22 @@ kou_http_field_host(kou_http_parser_t *p, const u_char *buf, size_t s,
     return KOU_OK;
 }
 
-/*
- * The names whose fields the parser reads, by length: the first letter,
- * lower-case, of the one name of that length (0: none). Most fields are
- * let through by one load and compare, without a call.
- */
-static const u_char kou_http_named[32] = {
+/* kou_http_field_host_at, with the reg-name run found by a scan */
+static inline __attribute__((always_inline)) int
+kou_http_field_host(kou_http_parser_t *p, const u_char *buf, size_t s,
+                    size_t e, size_t rd)
+{
+    return kou_http_field_host_at(p, buf, s, e, rd,
+                                  kou_http_span_to(buf, s, e, rd,
+                                                   KOU_HTTP_SET_REGNAME));
+}
+
+/* Most fields are let through by one load and compare, without a call. */
+const u_char kou_http_named[32] = {
     [4] = 'h', [6] = 'e', [10] = 'c', [14] = 'c', [17] = 't'
 };
 
-/*
- * What a field means to the parser, if anything: the name buf[s..s+n),
- * the value buf[vs..ve) with OWS trimmed, buf[0..rd) readable.
- */
-static int
+int
 kou_http_field_meaning(kou_http_parser_t *p, const u_char *buf, size_t s,
                        size_t n, size_t vs, size_t ve, size_t rd)
 {
@@ -1186,11 +1084,7 @@ kou_http_field_meaning(kou_http_parser_t *p, const u_char *buf, size_t s,
     return KOU_OK;
 }
 
-/*
- * The empty line arrived: decisions that need every field, then results.
- * The first n0 headers came in earlier calls and hold offsets.
- */
-static int
+int
 kou_http_head_done(kou_http_parser_t *p, const u_char *buf, size_t n0)
 {
     size_t i;
@@ -1237,8 +1131,7 @@ kou_http_head_done(kou_http_parser_t *p, const u_char *buf, size_t n0)
     return KOU_OK;
 }
 
-/* What a request line sets, back to "none yet". */
-static void
+void
 kou_http_rl_reset(kou_http_parser_t *p)
 {
     p->flags = 0;
@@ -1273,11 +1166,7 @@ kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
     p->head_len = 0;
 }
 
-/*
- * A call that ends before the head does: p->headers[from..] up to h, stored
- * as pointers into buf, become offsets, as a later call expects them all.
- */
-static void
+void
 kou_http_headers_unbase(kou_http_parser_t *p, const u_char *buf, size_t from,
                         kou_header_t *h)
 {
@@ -1292,303 +1181,6 @@ kou_http_headers_unbase(kou_http_parser_t *p, const u_char *buf, size_t from,
                       (size_t) (p->headers[i].value.p - (const char *) buf),
                       p->headers[i].value.n);
     }
-}
-
-/* Where a field line ends, and its name. */
-typedef struct {
-    size_t end;
-    size_t name;
-} kou_http_line_t;
-
-/*
- * The two masks field lines are found with, of the 64 bytes from base:
- * locals of the parsing functions whose address no call takes, so that
- * they stay in registers from one line to the next.
- */
-typedef struct {
-    size_t   base;
-    uint64_t bad;
-    uint64_t ntc;
-} kou_http_scan_t;
-
-/*
- * kou_http_line when the block at hand does not hold the line's end:
- * the blocks after it, as many as the line takes. The name's end is
- * found on the way (every bad byte is a non-tchar, so by the line's end
- * at the latest).
- */
-static inline __attribute__((always_inline)) kou_http_line_t
-kou_http_line_slow(const kou_http_kernels_t *k, bool blocks,
-                   const u_char *buf, size_t end, kou_http_scan_t *b,
-                   size_t i)
-{
-    kou_http_line_t  r;
-    kou_http_lines_t m;
-    size_t           j, s;
-    uint64_t         mm;
-    unsigned         n;
-
-    if (!blocks) {
-        /* the same two answers, by scanning */
-        r.name = k->span(buf, i, end, KOU_HTTP_SET_TCHAR);
-        r.end = k->field_line(buf, r.name, end);
-        return r;
-    }
-    r.name = SIZE_MAX;
-    if (i - b->base < 64) {
-        mm = b->ntc >> (i - b->base);
-        if (mm != 0) {
-            r.name = i + kou_http_ctz(mm);
-        }
-        j = b->base + 64;
-    } else {
-        /*
-         * Blocks at multiples of 64 from the start of buf: where the next
-         * one is does not wait for the lines before it, so its loads can
-         * issue while those lines are still being looked at.
-         */
-        j = i & ~(size_t) 63;
-    }
-    for (n = 0; ; n++) {
-        if (j >= end) {
-            /* the fill bits of a last block would have answered */
-            r.end = end;
-            r.name = kou_min(r.name, end);
-            return r;
-        }
-        if (n == 2 && r.name != SIZE_MAX) {
-            /*
-             * A line longer than that (a long cookie, say): the
-             * field-line scan alone is cheaper than the masks, which the
-             * next line classifies where it starts.
-             */
-            r.end = k->field_line(buf, j, end);
-            return r;
-        }
-        m = k->lines(buf, j, end);
-        b->base = j;
-        b->bad = m.bad;
-        b->ntc = m.ntc;
-        s = kou_max(i, j);
-        if (r.name == SIZE_MAX && (mm = m.ntc >> (s - j)) != 0) {
-            r.name = s + kou_http_ctz(mm);
-        }
-        if ((mm = m.bad >> (s - j)) != 0) {
-            r.end = s + kou_http_ctz(mm);
-            return r;
-        }
-        j += 64;
-    }
-}
-
-/*
- * The line that starts at i: where it ends (its first byte outside the
- * field-line class, end if none) and where its name does (its first
- * non-tchar), both from the block at hand when the line's end is in it.
- * blocks is k->blocks, or true where the caller knows it is, so that the
- * code for a tier without blocks is left out there.
- */
-static inline __attribute__((always_inline)) kou_http_line_t
-kou_http_line(const kou_http_kernels_t *k, bool blocks, const u_char *buf,
-              size_t end, kou_http_scan_t *b, size_t i)
-{
-    kou_http_line_t r;
-    size_t          off = i - b->base;
-    uint64_t        m;
-
-    if (__builtin_expect(off < 64, 1)) {
-        m = b->bad >> off;
-        if (__builtin_expect(m != 0, 1)) {
-            r.end = i + kou_http_ctz(m);
-            r.name = i + kou_http_ctz(b->ntc >> off);
-            return r;
-        }
-    }
-    /* inlined too, so that the block stays in registers */
-    return kou_http_line_slow(k, blocks, buf, end, b, i);
-}
-
-/*
- * The request line of a first call, when it has the shape nearly all
- * have: token SP target SP "HTTP/1.1" or "HTTP/1.0" CRLF, all of it in
- * buf[0..end) and within the limit. Such a line is judged by the same
- * function as any other (kou_http_request_line), with the same spans: the
- * target, once valid, holds no SP, so the SPs are the ones the general
- * path would have found. Returns the offset after the LF; or 0, with p as
- * it was, for any other line and for a line that is not acceptable, so
- * that every status keeps the one source that ties it to a position.
- * Either way *b holds the masks of the first block.
- */
-static inline __attribute__((always_inline)) size_t
-kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
-                      const kou_http_kernels_t *k, kou_http_scan_t *b)
-{
-    kou_http_lines_t m;
-    size_t           me, e, v, ts, te;
-    uint64_t         w, v11, v10;
-    unsigned         id;
-
-    m = k->lines(buf, 0, end);
-    b->base = 0;
-    b->bad = m.bad;
-    b->ntc = m.ntc;
-    if (m.ntc == 0) {
-        return 0;
-    }
-    me = kou_http_ctz(m.ntc);
-    if (me == 0 || me >= end || buf[me] != ' ') {
-        return 0;
-    }
-    /*
-     * The first byte outside the field-line class: the CR, if all is
-     * well. A method is tchars and SP is in the class, so it is also the
-     * first such byte after the method, found without waiting for it.
-     */
-    e = m.bad != 0 ? kou_http_ctz(m.bad) : k->field_line(buf, 64, end);
-    if (e + 1 >= end || e > p->limits->max_request_line || e < me + 11
-        || !kou_http_crlf(buf + e) || buf[e - 9] != ' ')
-    {
-        return 0;
-    }
-    v = e - 8;
-    memcpy(&w, buf + v, 8);
-    memcpy(&v11, "HTTP/1.1", 8);
-    memcpy(&v10, "HTTP/1.0", 8);
-    if (w != v11 && w != v10) {
-        return 0;
-    }
-    ts = me + 1;
-    te = v - 1;
-    kou_http_span(&p->method, 0, me);
-    kou_http_span(&p->target, ts, te - ts);
-    p->flags = KOU_HP_SP1 | KOU_HP_SP2;
-    /* GET, what nearly all are, without the call */
-    id = me == 3 && memcmp(buf, "GET", 3) == 0
-         ? KOU_METHOD_GET : kou_http_method_lookup(buf, me);
-    if (buf[ts] == '/' && id != KOU_METHOD_CONNECT
-        && kou_http_span_to(buf, ts, te, end, KOU_HTTP_SET_PATH) == te)
-    {
-        /*
-         * What kou_http_request_line decides of such a line, without a
-         * call: the method is a token (the mask said so), the target the
-         * plain origin-form, the version one of the two compared above.
-         */
-        p->method_id = id;
-        p->target_form = KOU_TARGET_ORIGIN;
-        kou_http_span(&p->path, ts, te - ts);
-        kou_http_span(&p->query, te, 0);
-        p->version = buf[v + 7] == '0' ? 10 : 11;
-    } else if (kou_http_request_line(p, buf, v, end) != KOU_OK) {
-        /* undo what it set; the general path sets it again */
-        kou_http_rl_reset(p);
-        return 0;
-    }
-    p->flags |= KOU_HP_RL_DONE;
-    return e + 2;
-}
-
-/*
- * A first call's whole head, when it has the shape nearly all have: the
- * request line of kou_http_request_fast, then field lines each of them
- * whole in buf[0..end), a non-empty name, ":" and at most one SP, a value
- * that neither starts nor ends with OWS, room for one more header. Such
- * a line is taken with what the general loop would do with it (the same
- * header stored, the same kou_http_field_meaning), in a function of its
- * own, so that what a line needs stays in registers.
- *
- * At the first other line it stops and leaves p as a call that ended
- * right before that line would have left it (headers as offsets, pos at
- * the line), and returns KOU_AGAIN: the general code then goes on from
- * there as it would after any split, and decides every fault, limit and
- * incomplete line. So no status comes from here but KOU_OK and those of
- * the meaning of a field the general code would have taken alike.
- */
-static __attribute__((noinline)) int
-kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t end)
-{
-    const kou_http_kernels_t *k = kou_http_kernels;
-    kou_header_t             *h = p->headers;
-    kou_header_t             *hlim = h + p->limits->max_headers;
-    kou_http_scan_t           b;
-    kou_http_line_t           line;
-    size_t                    ls, e, name, vs, n;
-    u_char                    c;
-    int                       rc;
-
-    ls = kou_http_request_fast(p, buf, end, k, &b);
-    if (ls == 0) {
-        return KOU_AGAIN;
-    }
-
-    for ( ;; ) {
-        /* only a tier with blocks comes here: the constant drops the rest */
-        line = kou_http_line(k, true, buf, end, &b, ls);
-        e = line.end;
-        name = line.name;
-        if (__builtin_expect(e + 1 >= end || !kou_http_crlf(buf + e), 0)) {
-            break;
-        }
-        if (e == ls) {
-            p->nheaders = (size_t) (h - p->headers);
-            p->head_len = e + 2;
-            return kou_http_head_done(p, buf, 0);
-        }
-        if (__builtin_expect(buf[name] != ':' || name == ls || h == hlim,
-                             0))
-        {
-            break;
-        }
-        /*
-         * With the colon before the CR, buf[name + 2] is at most the LF:
-         * both loads are taken from the name's end, neither waits for
-         * the other. buf[e - 1] is in the field-line class or the colon,
-         * so at most SP only if it is OWS; the first value byte may be
-         * the CR of an empty value, which is left to the general loop
-         * too.
-         */
-        c = buf[name + 1];
-        vs = name + 1 + (c == ' ');
-        c = c == ' ' ? buf[name + 2] : c;
-        if (__builtin_expect(kou_min(c, buf[e - 1]) <= ' ', 0)) {
-            break;
-        }
-        h->name = kou_http_str(buf, ls, name);
-        h->value = kou_http_str(buf, vs, e);
-        h++;
-        n = name - ls;
-        if (n < sizeof(kou_http_named)
-            && kou_http_named[n] == (buf[ls] | 0x20))
-        {
-            /* what kou_http_field_connection makes of the usual value */
-            if (n == 10 && e - vs == 10
-                && kou_http_lc_eq(buf + vs, "keep-alive", 10)
-                && kou_http_lc_eq(buf + ls, "connection", 10))
-            {
-                p->conn_keep_alive = 1;
-            } else if (n == 4 && kou_http_lc_eq(buf + ls, "host", 4)) {
-                /* what kou_http_field_meaning does, without its switch */
-                rc = kou_http_field_host(p, buf, vs, e, end);
-                if (rc != KOU_OK) {
-                    p->nheaders = (size_t) (h - p->headers);
-                    return rc;
-                }
-            } else {
-                rc = kou_http_field_meaning(p, buf, ls, n, vs, e, end);
-                if (rc != KOU_OK) {
-                    p->nheaders = (size_t) (h - p->headers);
-                    return rc;
-                }
-            }
-        }
-        ls = e + 2;
-    }
-
-    /* as kou_http_parse_general leaves a call that ends at ls */
-    kou_http_headers_unbase(p, buf, 0, h);
-    p->pos = ls;
-    p->line_start = ls;
-    p->state = KOU_HP_FIELD_LINE;
-    return KOU_AGAIN;
 }
 
 /*
@@ -1694,7 +1286,8 @@ kou_http_parse_general(kou_http_parser_t *p, const u_char *buf, size_t len)
              * byte outside it is at or after the name's end; the empty
              * line that ends the head is found the same way, at ls.
              */
-            line = kou_http_line(k, k->blocks, buf, end, &ln, pos);
+            line = kou_http_line(k->lines, k->field_line, k->span, k->blocks,
+                                 buf, end, &ln, pos);
             name = line.name;
             pos = line.end;
             if (__builtin_expect(pos + 1 >= end
@@ -1820,11 +1413,12 @@ kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
     int rc;
 
     if (p->state == KOU_HP_REQUEST_LINE && p->pos == 0 && len != 0
-        && kou_http_kernels->blocks)
+        && kou_http_kernels->head != NULL)
     {
         /* a byte at offset max_header_block is one too many */
-        rc = kou_http_head_fast(p, buf,
-                                kou_min(len, p->limits->max_header_block));
+        rc = kou_http_kernels->head(p, buf,
+                                    kou_min(len,
+                                            p->limits->max_header_block));
         if (rc != KOU_AGAIN) {
             return rc;
         }
@@ -2162,10 +1756,14 @@ kou_http_parser_tier_available(unsigned tier)
     case KOU_SIMD_SSE42:
         return __builtin_cpu_supports("sse4.2");
     case KOU_SIMD_AVX2:
-        return __builtin_cpu_supports("avx2");
+        return __builtin_cpu_supports("avx2")
+               && __builtin_cpu_supports("bmi")
+               && __builtin_cpu_supports("bmi2");
     case KOU_SIMD_AVX512:
         return __builtin_cpu_supports("avx512bw")
-               && __builtin_cpu_supports("avx512vl");
+               && __builtin_cpu_supports("avx512vl")
+               && __builtin_cpu_supports("bmi")
+               && __builtin_cpu_supports("bmi2");
 #endif
     default:
         return false;

@@ -109,9 +109,10 @@ int kou_http_parse_request(kou_http_parser_t *p, const u_char *buf,
 
 /*
  * Implementation tiers. All give byte-for-byte the same results; they
- * differ only in how many bytes they classify per instruction. avx512
- * needs AVX-512BW and VL, and uses VBMI's byte permutes where the CPU has
- * them. Only scalar is built for other CPUs than x86-64.
+ * differ only in how many bytes they classify per instruction. avx2
+ * needs AVX2, BMI1 and BMI2; avx512 AVX-512BW and VL, BMI1 and BMI2, and
+ * uses VBMI's byte permutes where the CPU has them. Only scalar is built
+ * for other CPUs than x86-64.
  */
 typedef enum {
     KOU_SIMD_SCALAR = 0,

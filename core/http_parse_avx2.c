@@ -17,7 +17,7 @@
 
 #include <immintrin.h>
 
-#include "http_parse_kernel.h"
+#include "http_parse_fast.h"
 
 /* One bit per high nibble below 8, none above: a byte's bit in a table. */
 static const int8_t kou_avx2_hib[32] __attribute__((aligned(32))) = {
@@ -111,13 +111,13 @@ kou_avx2_scan(const u_char *buf, size_t i, size_t e, unsigned set, bool fl)
     return i;
 }
 
-static size_t
+static inline __attribute__((always_inline)) size_t
 kou_avx2_field_line(const u_char *buf, size_t i, size_t e)
 {
     return kou_avx2_scan(buf, i, e, KOU_HTTP_SET_FL_BAD, true);
 }
 
-static size_t
+static inline __attribute__((always_inline)) size_t
 kou_avx2_span(const u_char *buf, size_t i, size_t e, unsigned set)
 {
     return kou_avx2_scan(buf, i, e, set, false);
@@ -254,7 +254,7 @@ kou_avx2_lines_tail(const u_char *buf, size_t i, size_t e)
     return kou_avx2_lines2(lo, lo, (unsigned) (32 - n), 0, ~0ull << (e - i));
 }
 
-static kou_http_lines_t
+static inline __attribute__((always_inline)) kou_http_lines_t
 kou_avx2_lines(const u_char *buf, size_t i, size_t e)
 {
     kou_http_lines_t r;
@@ -280,10 +280,60 @@ kou_avx2_lines(const u_char *buf, size_t i, size_t e)
     return r;
 }
 
+/* Two vectors' bytes in a set, lo's first, shifted as in lines2. */
+static inline __attribute__((always_inline)) uint64_t
+kou_avx2_in2(kou_avx2_nib_t lo, kou_avx2_nib_t hi, unsigned shl,
+             unsigned shh, unsigned set)
+{
+    return (uint64_t) (kou_avx2_in(lo, set) >> shl)
+           | (uint64_t) (kou_avx2_in(hi, set) >> shh) << 32;
+}
+
+static inline __attribute__((always_inline)) kou_http_first_t
+kou_avx2_first(const u_char *buf, size_t e)
+{
+    u_char           tmp[32] __attribute__((aligned(32)));
+    kou_avx2_nib_t   lo, hi;
+    kou_http_first_t r;
+    unsigned         shh = 0;
+    uint64_t         fill = 0;
+
+    if (e >= 64) {
+        lo = kou_avx2_nibbles(kou_avx2_load(buf));
+        hi = kou_avx2_nibbles(kou_avx2_load(buf + 32));
+    } else if (e > 32) {
+        /* as lines_tail: the second vector ends at e */
+        lo = kou_avx2_nibbles(kou_avx2_load(buf));
+        hi = kou_avx2_nibbles(kou_avx2_load(buf + e - 32));
+        shh = (unsigned) (64 - e);
+        fill = ~0ull << e;
+    } else {
+        memset(tmp, 0, sizeof(tmp));
+        memcpy(tmp, buf, e);
+        lo = kou_avx2_nibbles(_mm256_load_si256((const __m256i *) tmp));
+        hi = lo;              /* its bits are all fill */
+        fill = ~0ull << e;
+    }
+    r.bad = kou_avx2_in2(lo, hi, 0, shh, KOU_HTTP_SET_FL_BAD) | fill;
+    r.ntc = ~kou_avx2_in2(lo, hi, 0, shh, KOU_HTTP_SET_TCHAR) | fill;
+    r.npath = ~kou_avx2_in2(lo, hi, 0, shh, KOU_HTTP_SET_PATH) | fill;
+    r.nreg = ~kou_avx2_in2(lo, hi, 0, shh, KOU_HTTP_SET_REGNAME) | fill;
+    return r;
+}
+
+static int
+kou_avx2_head(kou_http_parser_t *p, const u_char *buf, size_t end)
+{
+    return kou_http_head_fast(p, buf, end, kou_avx2_first, kou_avx2_lines,
+                              kou_avx2_field_line, kou_avx2_span);
+}
+
 const kou_http_kernels_t kou_http_kernels_avx2 = {
     kou_avx2_request_line,
     kou_avx2_field_line,
     kou_avx2_lines,
     true,
-    kou_avx2_span
+    kou_avx2_span,
+    kou_avx2_first,
+    kou_avx2_head
 };

@@ -18,7 +18,7 @@
 
 #include <immintrin.h>
 
-#include "http_parse_kernel.h"
+#include "http_parse_fast.h"
 
 /* One bit per high nibble below 8, none above: a byte's bit in a table. */
 static const int8_t kou_512_hib[16] __attribute__((aligned(16))) = {
@@ -104,13 +104,13 @@ kou_512_scan(const u_char *buf, size_t i, size_t e, unsigned set, bool fl)
     return m ? kou_512_at(i, m) : e;
 }
 
-static size_t
+static inline __attribute__((always_inline)) size_t
 kou_512_field_line(const u_char *buf, size_t i, size_t e)
 {
     return kou_512_scan(buf, i, e, KOU_HTTP_SET_FL_BAD, true);
 }
 
-static size_t
+static inline __attribute__((always_inline)) size_t
 kou_512_span(const u_char *buf, size_t i, size_t e, unsigned set)
 {
     return kou_512_scan(buf, i, e, set, false);
@@ -160,7 +160,7 @@ kou_512_request_line(const u_char *buf, size_t i, size_t e, size_t sp[2])
  * The masks of buf[i..i+64): masked-off bytes past e read as NULs, which
  * are in no class, and their bits are set as the contract asks.
  */
-static kou_http_lines_t
+static inline __attribute__((always_inline)) kou_http_lines_t
 kou_512_lines(const u_char *buf, size_t i, size_t e)
 {
     kou_512_nib_t    n;
@@ -175,12 +175,38 @@ kou_512_lines(const u_char *buf, size_t i, size_t e)
     return r;
 }
 
+static inline __attribute__((always_inline)) kou_http_first_t
+kou_512_first(const u_char *buf, size_t e)
+{
+    kou_512_nib_t    n;
+    __mmask64        k;
+    kou_http_first_t r;
+
+    k = kou_512_room(0, e);
+    n = kou_512_nibbles(e >= 64 ? _mm512_loadu_si512(buf)
+                                : kou_512_load(k, buf));
+    r.bad = kou_512_in(n, KOU_HTTP_SET_FL_BAD) | ~k;
+    r.ntc = ~kou_512_in(n, KOU_HTTP_SET_TCHAR) | ~k;
+    r.npath = ~kou_512_in(n, KOU_HTTP_SET_PATH) | ~k;
+    r.nreg = ~kou_512_in(n, KOU_HTTP_SET_REGNAME) | ~k;
+    return r;
+}
+
+static int
+kou_512_head(kou_http_parser_t *p, const u_char *buf, size_t end)
+{
+    return kou_http_head_fast(p, buf, end, kou_512_first, kou_512_lines,
+                              kou_512_field_line, kou_512_span);
+}
+
 const kou_http_kernels_t kou_http_kernels_avx512 = {
     kou_512_request_line,
     kou_512_field_line,
     kou_512_lines,
     true,
-    kou_512_span
+    kou_512_span,
+    kou_512_first,
+    kou_512_head
 };
 
 /* ---- VBMI ---- */
@@ -199,7 +225,7 @@ kou_512vbmi_in(__m512i v, unsigned set)
         _mm512_set1_epi8((char) (1u << set)));
 }
 
-static KOU_VBMI size_t
+static inline __attribute__((always_inline)) KOU_VBMI size_t
 kou_512vbmi_span(const u_char *buf, size_t i, size_t e, unsigned set)
 {
     __mmask64 k, m;
@@ -216,7 +242,7 @@ kou_512vbmi_span(const u_char *buf, size_t i, size_t e, unsigned set)
     return m ? kou_512_at(i, m) : e;
 }
 
-static KOU_VBMI kou_http_lines_t
+static inline __attribute__((always_inline)) KOU_VBMI kou_http_lines_t
 kou_512vbmi_lines(const u_char *buf, size_t i, size_t e)
 {
     __m512i          v;
@@ -230,10 +256,48 @@ kou_512vbmi_lines(const u_char *buf, size_t i, size_t e)
     return r;
 }
 
+/* One permute classifies the bytes for every set at once. */
+static inline __attribute__((always_inline)) KOU_VBMI kou_http_first_t
+kou_512vbmi_first(const u_char *buf, size_t e)
+{
+    __m512i          v, c;
+    __mmask64        k, hi;
+    kou_http_first_t r;
+
+    k = kou_512_room(0, e);
+    v = e >= 64 ? _mm512_loadu_si512(buf) : kou_512_load(k, buf);
+    c = _mm512_permutex2var_epi8(_mm512_load_si512(kou_http_sets.ascii), v,
+                                 _mm512_load_si512(kou_http_sets.ascii + 64));
+    hi = _mm512_movepi8_mask(v);
+    r.bad = _mm512_mask_test_epi8_mask(
+                ~hi, c, _mm512_set1_epi8(1 << KOU_HTTP_SET_FL_BAD))
+            | ~k;
+    r.ntc = ~_mm512_mask_test_epi8_mask(
+                 ~hi, c, _mm512_set1_epi8(1 << KOU_HTTP_SET_TCHAR))
+            | ~k;
+    r.npath = ~_mm512_mask_test_epi8_mask(
+                   ~hi, c, _mm512_set1_epi8(1 << KOU_HTTP_SET_PATH))
+              | ~k;
+    r.nreg = ~_mm512_mask_test_epi8_mask(
+                  ~hi, c, _mm512_set1_epi8(1 << KOU_HTTP_SET_REGNAME))
+             | ~k;
+    return r;
+}
+
+static KOU_VBMI int
+kou_512vbmi_head(kou_http_parser_t *p, const u_char *buf, size_t end)
+{
+    return kou_http_head_fast(p, buf, end, kou_512vbmi_first,
+                              kou_512vbmi_lines, kou_512_field_line,
+                              kou_512vbmi_span);
+}
+
 const kou_http_kernels_t kou_http_kernels_avx512vbmi = {
     kou_512_request_line,
     kou_512_field_line,
     kou_512vbmi_lines,
     true,
-    kou_512vbmi_span
+    kou_512vbmi_span,
+    kou_512vbmi_first,
+    kou_512vbmi_head
 };

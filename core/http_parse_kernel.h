@@ -20,6 +20,7 @@
 #define KOU_HTTP_PARSE_KERNEL_H
 
 #include "kou.h"
+#include "http_parse.h"
 
 /*
  * Sets of bytes below 0x80, as the vector code looks them up. The first
@@ -58,6 +59,18 @@ typedef struct {
     uint64_t ntc;             /* not a tchar (every bad byte is one) */
 } kou_http_lines_t;
 
+/*
+ * What first says of buf[0..64): the masks of lines, and two more that
+ * judge the usual request line's target and Host value without a scan.
+ * As in lines, every bit at or after e is set.
+ */
+typedef struct {
+    uint64_t bad;
+    uint64_t ntc;
+    uint64_t npath;           /* not in KOU_HTTP_SET_PATH */
+    uint64_t nreg;            /* not in KOU_HTTP_SET_REGNAME */
+} kou_http_first_t;
+
 typedef struct {
     /*
      * Class SP and VCHAR (0x20-0x7e). Also sets sp[0] and sp[1] to the
@@ -84,6 +97,17 @@ typedef struct {
     bool blocks;
     /* Class kou_http_sets.<set>, one of the first four. */
     size_t (*span)(const u_char *buf, size_t i, size_t e, unsigned set);
+    /*
+     * The first block of a head, e > 0: the request line, and the Host
+     * field that usually follows it, are checked in its masks.
+     */
+    kou_http_first_t (*first)(const u_char *buf, size_t e);
+    /*
+     * The tier's fast path, the template of http_parse_fast.h with these
+     * kernels inlined; NULL where there is none (scalar). What
+     * kou_http_parse_request tries first on a first call.
+     */
+    int (*head)(kou_http_parser_t *p, const u_char *buf, size_t end);
 } kou_http_kernels_t;
 
 /*

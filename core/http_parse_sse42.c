@@ -13,7 +13,7 @@
 
 #include <immintrin.h>
 
-#include "http_parse_kernel.h"
+#include "http_parse_fast.h"
 
 /* One bit per high nibble below 8, none above: a byte's bit in a table. */
 static const int8_t kou_sse_hib[16] __attribute__((aligned(16))) = {
@@ -101,13 +101,13 @@ kou_sse_scan(const u_char *buf, size_t i, size_t e, unsigned set, bool fl)
     return i;
 }
 
-static size_t
+static inline __attribute__((always_inline)) size_t
 kou_sse_field_line(const u_char *buf, size_t i, size_t e)
 {
     return kou_sse_scan(buf, i, e, KOU_HTTP_SET_FL_BAD, true);
 }
 
-static size_t
+static inline __attribute__((always_inline)) size_t
 kou_sse_span(const u_char *buf, size_t i, size_t e, unsigned set)
 {
     return kou_sse_scan(buf, i, e, set, false);
@@ -212,7 +212,7 @@ kou_sse_lines_tail(const u_char *buf, size_t i, size_t e)
     return r;
 }
 
-static kou_http_lines_t
+static inline __attribute__((always_inline)) kou_http_lines_t
 kou_sse_lines(const u_char *buf, size_t i, size_t e)
 {
     if (e - i >= 64) {
@@ -221,10 +221,52 @@ kou_sse_lines(const u_char *buf, size_t i, size_t e)
     return kou_sse_lines_tail(buf, i, e);
 }
 
+static inline __attribute__((always_inline)) kou_http_first_t
+kou_sse_first(const u_char *buf, size_t e)
+{
+    u_char           tmp[64] __attribute__((aligned(16)));
+    const u_char    *p = buf;
+    kou_sse_nib_t    n;
+    kou_http_first_t r = { 0, 0, 0, 0 };
+    uint64_t         fill = 0;
+    unsigned         j;
+
+    if (e < 64) {
+        memset(tmp, 0, sizeof(tmp));
+        memcpy(tmp, buf, e);
+        p = tmp;
+        fill = ~0ull << e;
+    }
+    for (j = 0; j < 4; j++) {
+        n = kou_sse_nibbles(kou_sse_load(p + 16 * j));
+        r.bad |= (uint64_t) kou_sse_in(n, KOU_HTTP_SET_FL_BAD) << (16 * j);
+        r.ntc |= (uint64_t) (~kou_sse_in(n, KOU_HTTP_SET_TCHAR) & 0xffff)
+                 << (16 * j);
+        r.npath |= (uint64_t) (~kou_sse_in(n, KOU_HTTP_SET_PATH) & 0xffff)
+                   << (16 * j);
+        r.nreg |= (uint64_t) (~kou_sse_in(n, KOU_HTTP_SET_REGNAME) & 0xffff)
+                  << (16 * j);
+    }
+    r.bad |= fill;
+    r.ntc |= fill;
+    r.npath |= fill;
+    r.nreg |= fill;
+    return r;
+}
+
+static int
+kou_sse_head(kou_http_parser_t *p, const u_char *buf, size_t end)
+{
+    return kou_http_head_fast(p, buf, end, kou_sse_first, kou_sse_lines,
+                              kou_sse_field_line, kou_sse_span);
+}
+
 const kou_http_kernels_t kou_http_kernels_sse42 = {
     kou_sse_request_line,
     kou_sse_field_line,
     kou_sse_lines,
     true,
-    kou_sse_span
+    kou_sse_span,
+    kou_sse_first,
+    kou_sse_head
 };

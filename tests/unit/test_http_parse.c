@@ -1662,6 +1662,7 @@ START_TEST(test_kernels)
     u_char                    in[256];
     const u_char             *b;
     kou_http_lines_t          lr, lk;
+    kou_http_first_t          fr, fk;
     size_t                    n, i, e, v, set, sr[2], sk[2], r, q;
     int                       round, front;
 
@@ -1704,6 +1705,24 @@ START_TEST(test_kernels)
                       (unsigned long long) lk.ntc,
                       (unsigned long long) lr.bad,
                       (unsigned long long) lr.ntc);
+            }
+
+            if (e > 0) {
+                fr = ref->first(b, e);
+                fk = k->first(b, e);
+                CHECK(fr.bad == fk.bad && fr.ntc == fk.ntc
+                      && fr.npath == fk.npath && fr.nreg == fk.nreg,
+                      "%s first [0,%zu) of %s: %016llx %016llx %016llx "
+                      "%016llx, scalar %016llx %016llx %016llx %016llx",
+                      variants[v].name, e, show((char *) in, e),
+                      (unsigned long long) fk.bad,
+                      (unsigned long long) fk.ntc,
+                      (unsigned long long) fk.npath,
+                      (unsigned long long) fk.nreg,
+                      (unsigned long long) fr.bad,
+                      (unsigned long long) fr.ntc,
+                      (unsigned long long) fr.npath,
+                      (unsigned long long) fr.nreg);
             }
 
             for (set = 0; set < KOU_HTTP_SET_FL_BAD; set++) {
