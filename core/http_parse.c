@@ -1115,12 +1115,7 @@ kou_http_head_done(kou_http_parser_t *p, const u_char *buf, size_t n0)
         }
     }
 
-    kou_http_rebase(&p->method, buf);
-    kou_http_rebase(&p->target, buf);
-    kou_http_rebase(&p->path, buf);
-    kou_http_rebase(&p->query, buf);
-    kou_http_rebase(&p->host, buf);
-    kou_http_rebase(&p->port, buf);
+    kou_http_rebase_line(p, buf);
     if (p->flags & KOU_HP_ROOT_PATH) {
         p->path = KOU_STR("/");
     }
@@ -1200,7 +1195,7 @@ kou_http_headers_unbase(kou_http_parser_t *p, const u_char *buf, size_t from,
  * Each is converted at most once either way, and a head parsed in one call
  * needs no pass over its headers.
  */
-static __attribute__((noinline)) int
+int
 kou_http_parse_general(kou_http_parser_t *p, const u_char *buf, size_t len)
 {
     const kou_http_limits_t  *lim = p->limits;
@@ -1410,18 +1405,11 @@ fail:
 int
 kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
 {
-    int rc;
-
+    /* the tier's fast path hands over to the general code where it stops */
     if (p->state == KOU_HP_REQUEST_LINE && p->pos == 0 && len != 0
         && kou_http_kernels->head != NULL)
     {
-        /* a byte at offset max_header_block is one too many */
-        rc = kou_http_kernels->head(p, buf,
-                                    kou_min(len,
-                                            p->limits->max_header_block));
-        if (rc != KOU_AGAIN) {
-            return rc;
-        }
+        return kou_http_kernels->head(p, buf, len);
     }
     return kou_http_parse_general(p, buf, len);
 }

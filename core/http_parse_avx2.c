@@ -43,16 +43,41 @@ kou_avx2_nibbles(__m256i v)
     return n;
 }
 
-/* The bytes in kou_http_sets.<set>, one bit each. */
+/*
+ * The bytes outside kou_http_sets.<set>, one bit each (every byte above
+ * 0x7f is): the mask a search for the end of a run wants, without a NOT.
+ */
 static inline uint32_t
-kou_avx2_in(kou_avx2_nib_t n, unsigned set)
+kou_avx2_out(kou_avx2_nib_t n, unsigned set)
 {
     __m256i t = _mm256_broadcastsi128_si256(
         _mm_load_si128((const __m128i *) kou_http_sets.nibble[set]));
 
-    return ~(uint32_t) _mm256_movemask_epi8(_mm256_cmpeq_epi8(
+    return (uint32_t) _mm256_movemask_epi8(_mm256_cmpeq_epi8(
         _mm256_and_si256(_mm256_shuffle_epi8(t, n.lo), n.hb),
         _mm256_setzero_si256()));
+}
+
+/* The bytes in kou_http_sets.<set>, one bit each. */
+static inline uint32_t
+kou_avx2_in(kou_avx2_nib_t n, unsigned set)
+{
+    return ~kou_avx2_out(n, set);
+}
+
+/*
+ * kou_avx2_out of two vectors, lo's first, shifted right by shl and shh
+ * to drop bytes before the start or after the end: the bits that come in
+ * are zeros, which the caller's fill covers. Written out in scalars: the
+ * compiler would otherwise gather the masks into a vector through the
+ * stack.
+ */
+static inline __attribute__((always_inline)) uint64_t
+kou_avx2_out64(kou_avx2_nib_t lo, kou_avx2_nib_t hi, unsigned shl,
+               unsigned shh, unsigned set)
+{
+    return (uint64_t) (kou_avx2_out(lo, set) >> shl)
+           | (uint64_t) (kou_avx2_out(hi, set) >> shh) << 32;
 }
 
 /* Not SP..'~': adding 0x60 maps that range, and only it, to -128..-34. */
@@ -202,24 +227,15 @@ kou_avx2_request_line(const u_char *buf, size_t i, size_t e, size_t sp[2])
     return kou_avx2_request_line_rest(buf, i, e, sp, 0);
 }
 
-/*
- * The masks of two vectors' bytes, lo's first, shifted right by shl and
- * shh to drop the bytes before i, then or'ed with fill. Written out in
- * scalars: the compiler would otherwise gather the masks into a vector
- * through the stack.
- */
+/* The masks of two vectors' bytes, as kou_avx2_out64 takes them. */
 static inline __attribute__((always_inline)) kou_http_lines_t
 kou_avx2_lines2(kou_avx2_nib_t lo, kou_avx2_nib_t hi, unsigned shl,
                 unsigned shh, uint64_t fill)
 {
     kou_http_lines_t r;
 
-    r.bad = (uint64_t) (kou_avx2_in(lo, KOU_HTTP_SET_FL_BAD) >> shl)
-            | (uint64_t) (kou_avx2_in(hi, KOU_HTTP_SET_FL_BAD) >> shh) << 32
-            | fill;
-    r.ntc = (uint64_t) (~kou_avx2_in(lo, KOU_HTTP_SET_TCHAR) >> shl)
-            | (uint64_t) (~kou_avx2_in(hi, KOU_HTTP_SET_TCHAR) >> shh) << 32
-            | fill;
+    r.bad = ~kou_avx2_out64(lo, hi, shl, shh, KOU_HTTP_SET_FL_BAD) | fill;
+    r.ntc = kou_avx2_out64(lo, hi, shl, shh, KOU_HTTP_SET_TCHAR) | fill;
     return r;
 }
 
@@ -280,51 +296,58 @@ kou_avx2_lines(const u_char *buf, size_t i, size_t e)
     return r;
 }
 
-/* Two vectors' bytes in a set, lo's first, shifted as in lines2. */
-static inline __attribute__((always_inline)) uint64_t
-kou_avx2_in2(kou_avx2_nib_t lo, kou_avx2_nib_t hi, unsigned shl,
-             unsigned shh, unsigned set)
+/* The masks of first from two vectors, bits at or after e filled. */
+static inline __attribute__((always_inline)) kou_http_first_t
+kou_avx2_first2(kou_avx2_nib_t lo, kou_avx2_nib_t hi, unsigned shh,
+                uint64_t fill)
 {
-    return (uint64_t) (kou_avx2_in(lo, set) >> shl)
-           | (uint64_t) (kou_avx2_in(hi, set) >> shh) << 32;
+    kou_http_first_t r;
+
+    r.bad = ~kou_avx2_out64(lo, hi, 0, shh, KOU_HTTP_SET_FL_BAD) | fill;
+    r.ntc = kou_avx2_out64(lo, hi, 0, shh, KOU_HTTP_SET_TCHAR) | fill;
+    r.npath = kou_avx2_out64(lo, hi, 0, shh, KOU_HTTP_SET_PATH) | fill;
+    r.nreg = kou_avx2_out64(lo, hi, 0, shh, KOU_HTTP_SET_REGNAME) | fill;
+    return r;
+}
+
+/*
+ * A buffer of 32 bytes or fewer: a copy padded with NULs, out of line so
+ * that the fast path's frame needs no alignment for it.
+ */
+static __attribute__((noinline)) kou_http_first_t
+kou_avx2_first_short(const u_char *buf, size_t e)
+{
+    u_char         tmp[32] __attribute__((aligned(32)));
+    kou_avx2_nib_t lo;
+
+    memset(tmp, 0, sizeof(tmp));
+    memcpy(tmp, buf, e);
+    lo = kou_avx2_nibbles(_mm256_load_si256((const __m256i *) tmp));
+    /* the second half is all fill */
+    return kou_avx2_first2(lo, lo, 0, ~0ull << e);
 }
 
 static inline __attribute__((always_inline)) kou_http_first_t
 kou_avx2_first(const u_char *buf, size_t e)
 {
-    u_char           tmp[32] __attribute__((aligned(32)));
-    kou_avx2_nib_t   lo, hi;
-    kou_http_first_t r;
-    unsigned         shh = 0;
-    uint64_t         fill = 0;
-
     if (e >= 64) {
-        lo = kou_avx2_nibbles(kou_avx2_load(buf));
-        hi = kou_avx2_nibbles(kou_avx2_load(buf + 32));
-    } else if (e > 32) {
-        /* as lines_tail: the second vector ends at e */
-        lo = kou_avx2_nibbles(kou_avx2_load(buf));
-        hi = kou_avx2_nibbles(kou_avx2_load(buf + e - 32));
-        shh = (unsigned) (64 - e);
-        fill = ~0ull << e;
-    } else {
-        memset(tmp, 0, sizeof(tmp));
-        memcpy(tmp, buf, e);
-        lo = kou_avx2_nibbles(_mm256_load_si256((const __m256i *) tmp));
-        hi = lo;              /* its bits are all fill */
-        fill = ~0ull << e;
+        return kou_avx2_first2(kou_avx2_nibbles(kou_avx2_load(buf)),
+                               kou_avx2_nibbles(kou_avx2_load(buf + 32)),
+                               0, 0);
     }
-    r.bad = kou_avx2_in2(lo, hi, 0, shh, KOU_HTTP_SET_FL_BAD) | fill;
-    r.ntc = ~kou_avx2_in2(lo, hi, 0, shh, KOU_HTTP_SET_TCHAR) | fill;
-    r.npath = ~kou_avx2_in2(lo, hi, 0, shh, KOU_HTTP_SET_PATH) | fill;
-    r.nreg = ~kou_avx2_in2(lo, hi, 0, shh, KOU_HTTP_SET_REGNAME) | fill;
-    return r;
+    if (e > 32) {
+        /* as lines_tail: the second vector ends at e */
+        return kou_avx2_first2(kou_avx2_nibbles(kou_avx2_load(buf)),
+                               kou_avx2_nibbles(kou_avx2_load(buf + e - 32)),
+                               (unsigned) (64 - e), ~0ull << e);
+    }
+    return kou_avx2_first_short(buf, e);
 }
 
 static int
-kou_avx2_head(kou_http_parser_t *p, const u_char *buf, size_t end)
+kou_avx2_head(kou_http_parser_t *p, const u_char *buf, size_t len)
 {
-    return kou_http_head_fast(p, buf, end, kou_avx2_first, kou_avx2_lines,
+    return kou_http_head_fast(p, buf, len, kou_avx2_first, kou_avx2_lines,
                               kou_avx2_field_line, kou_avx2_span);
 }
 

@@ -193,9 +193,9 @@ kou_512_first(const u_char *buf, size_t e)
 }
 
 static int
-kou_512_head(kou_http_parser_t *p, const u_char *buf, size_t end)
+kou_512_head(kou_http_parser_t *p, const u_char *buf, size_t len)
 {
-    return kou_http_head_fast(p, buf, end, kou_512_first, kou_512_lines,
+    return kou_http_head_fast(p, buf, len, kou_512_first, kou_512_lines,
                               kou_512_field_line, kou_512_span);
 }
 
@@ -285,9 +285,9 @@ kou_512vbmi_first(const u_char *buf, size_t e)
 }
 
 static KOU_VBMI int
-kou_512vbmi_head(kou_http_parser_t *p, const u_char *buf, size_t end)
+kou_512vbmi_head(kou_http_parser_t *p, const u_char *buf, size_t len)
 {
-    return kou_http_head_fast(p, buf, end, kou_512vbmi_first,
+    return kou_http_head_fast(p, buf, len, kou_512vbmi_first,
                               kou_512vbmi_lines, kou_512_field_line,
                               kou_512vbmi_span);
 }

@@ -143,6 +143,18 @@ kou_http_rebase(kou_str_t *s, const u_char *buf)
     s->p = (const char *) buf + (uintptr_t) s->p;
 }
 
+/* The request line's slices, offsets until the head is complete. */
+static inline void
+kou_http_rebase_line(kou_http_parser_t *p, const u_char *buf)
+{
+    kou_http_rebase(&p->method, buf);
+    kou_http_rebase(&p->target, buf);
+    kou_http_rebase(&p->path, buf);
+    kou_http_rebase(&p->query, buf);
+    kou_http_rebase(&p->host, buf);
+    kou_http_rebase(&p->port, buf);
+}
+
 /* ---- in http_parse.c, for the fast path ---- */
 
 /*
@@ -186,6 +198,10 @@ int kou_http_field_host_at(kou_http_parser_t *p, const u_char *buf,
  * The first n0 headers came in earlier calls and hold offsets.
  */
 int kou_http_head_done(kou_http_parser_t *p, const u_char *buf, size_t n0);
+
+/* kou_http_parse_request from p's state, for any call. */
+int kou_http_parse_general(kou_http_parser_t *p, const u_char *buf,
+                           size_t len);
 
 /*
  * A call that ends before the head does: p->headers[from..] up to h, stored
@@ -412,18 +428,21 @@ kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
  * header stored, the same kou_http_field_meaning), in a function of its
  * own, so that what a line needs stays in registers.
  *
- * At the first other line it stops and leaves p as a call that ended
- * right before that line would have left it (headers as offsets, pos at
- * the line), and returns KOU_AGAIN: the general code then goes on from
+ * At the first other line it stops, leaves p as a call that ended right
+ * before that line would have left it (headers as offsets, pos at the
+ * line), and hands buf[0..len) to the general code, which goes on from
  * there as it would after any split, and decides every fault, limit and
  * incomplete line. So no status comes from here but KOU_OK and those of
  * the meaning of a field the general code would have taken alike.
  */
 static inline __attribute__((always_inline)) int
-kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
+kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t len,
                    kou_http_first_fn first, kou_http_lines_fn lines,
                    kou_http_scan_fn field_line, kou_http_span_fn span)
 {
+    /* a byte at offset max_header_block is one too many */
+    size_t                    end = kou_min(len,
+                                            p->limits->max_header_block);
     kou_header_t             *h = p->headers;
     kou_header_t             *hlim = h + p->limits->max_headers;
     kou_http_scan_t           b;
@@ -434,7 +453,7 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
 
     ls = kou_http_request_fast(p, buf, end, first, field_line, span, &b);
     if (ls == 0) {
-        return KOU_AGAIN;
+        return kou_http_parse_general(p, buf, len);
     }
 
     for ( ;; ) {
@@ -448,6 +467,14 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
         if (e == ls) {
             p->nheaders = (size_t) (h - p->headers);
             p->head_len = e + 2;
+            /* kou_http_head_done's usual case, without the call */
+            if ((p->flags & (KOU_HP_HOST | KOU_HP_TE | KOU_HP_EXPECT_BAD
+                             | KOU_HP_ROOT_PATH))
+                == KOU_HP_HOST)
+            {
+                kou_http_rebase_line(p, buf);
+                return KOU_OK;
+            }
             return kou_http_head_done(p, buf, 0);
         }
         if (__builtin_expect(buf[name] != ':' || name == ls || h == hlim,
@@ -456,25 +483,25 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
             break;
         }
         /*
-         * With the colon before the CR, buf[name + 2] is at most the LF:
-         * both loads are taken from the name's end, neither waits for
-         * the other. buf[e - 1] is in the field-line class or the colon,
-         * so at most SP only if it is OWS; the first value byte may be
-         * the CR of an empty value, which is left to the general loop
-         * too.
+         * With the colon before the CR, vs is at most the CR, so
+         * buf[vs] is in the input. buf[e - 1] is in the field-line class
+         * or the colon, so at most SP only if it is OWS; the first value
+         * byte may be the CR of an empty value, which is left to the
+         * general loop too.
          */
-        c = buf[name + 1];
-        vs = name + 1 + (c == ' ');
-        c = c == ' ' ? buf[name + 2] : c;
-        if (__builtin_expect(kou_min(c, buf[e - 1]) <= ' ', 0)) {
+        vs = name + 1 + (buf[name + 1] == ' ');
+        if (__builtin_expect(kou_min(buf[vs], buf[e - 1]) <= ' ', 0)) {
             break;
         }
         h->name = kou_http_str(buf, ls, name);
         h->value = kou_http_str(buf, vs, e);
         h++;
         n = name - ls;
-        if (n < sizeof(kou_http_named)
-            && kou_http_named[n] == (buf[ls] | 0x20))
+        /*
+         * Without the bound check: a longer name that passes is one of
+         * no length kou_http_field_meaning reads, which it lets through.
+         */
+        if (kou_http_named[n % sizeof(kou_http_named)] == (buf[ls] | 0x20))
         {
             /* what kou_http_field_connection makes of the usual value */
             if (n == 10 && e - vs == 10
@@ -526,7 +553,7 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
     p->pos = ls;
     p->line_start = ls;
     p->state = KOU_HP_FIELD_LINE;
-    return KOU_AGAIN;
+    return kou_http_parse_general(p, buf, len);
 }
 
 

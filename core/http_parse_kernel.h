@@ -105,9 +105,10 @@ typedef struct {
     /*
      * The tier's fast path, the template of http_parse_fast.h with these
      * kernels inlined; NULL where there is none (scalar). What
-     * kou_http_parse_request tries first on a first call.
+     * kou_http_parse_request does on a first call: it hands over to the
+     * general code where the head is not of the usual shape.
      */
-    int (*head)(kou_http_parser_t *p, const u_char *buf, size_t end);
+    int (*head)(kou_http_parser_t *p, const u_char *buf, size_t len);
 } kou_http_kernels_t;
 
 /*

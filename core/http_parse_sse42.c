@@ -255,9 +255,9 @@ kou_sse_first(const u_char *buf, size_t e)
 }
 
 static int
-kou_sse_head(kou_http_parser_t *p, const u_char *buf, size_t end)
+kou_sse_head(kou_http_parser_t *p, const u_char *buf, size_t len)
 {
-    return kou_http_head_fast(p, buf, end, kou_sse_first, kou_sse_lines,
+    return kou_http_head_fast(p, buf, len, kou_sse_first, kou_sse_lines,
                               kou_sse_field_line, kou_sse_span);
 }
 
