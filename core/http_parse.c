@@ -264,6 +264,7 @@ kou_http_kernels_prepare(void)
         return;
     }
     done = true;
+    memset(kou_http_sets.low4, 0x0f, sizeof(kou_http_sets.low4));
     for (s = 0; s < KOU_HTTP_SETS; s++) {
         for (b = 0; b < 0x80; b++) {
             if (s == KOU_HTTP_SET_FL_BAD ? !kou_http_fl[b]

@@ -33,7 +33,7 @@ typedef struct {
 static inline kou_avx2_nib_t
 kou_avx2_nibbles(__m256i v)
 {
-    __m256i        f = _mm256_set1_epi8(0x0f);
+    __m256i        f = _mm256_load_si256((const __m256i *) kou_http_sets.low4);
     kou_avx2_nib_t n;
 
     n.lo = _mm256_and_si256(v, f);

@@ -490,7 +490,9 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t len,
          * general loop too.
          */
         vs = name + 1 + (buf[name + 1] == ' ');
-        if (__builtin_expect(kou_min(buf[vs], buf[e - 1]) <= ' ', 0)) {
+        if (__builtin_expect(buf[vs] <= ' ', 0)
+            || __builtin_expect(buf[e - 1] <= ' ', 0))
+        {
             break;
         }
         h->name = kou_http_str(buf, ls, name);
