@@ -75,11 +75,11 @@ kou_http_str(const u_char *buf, size_t s, size_t e)
 
 /*
  * Whether n bytes of a field line equal lc, a lower-case literal of
- * letters, digits and '-', ignoring case. OR-ing 0x20 into a byte turns
- * A-Z into a-z and leaves those literal bytes as they are; the only other
- * bytes it maps onto them are controls, which no field line holds. So a
- * word at a time is exact, and the literal's length is a constant once
- * inlined, which unrolls the loop.
+ * letters, digits, '-', ':' and SP, ignoring case. OR-ing 0x20 into a
+ * byte turns A-Z into a-z and leaves those literal bytes as they are; the
+ * only other bytes it maps onto them are controls, which no field line
+ * holds (HTAB becomes ')'). So a word at a time is exact, and the
+ * literal's length is a constant once inlined, which unrolls the loop.
  */
 static inline __attribute__((always_inline)) bool
 kou_http_lc_eq(const u_char *s, const char *lc, size_t n)
@@ -505,10 +505,13 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t len,
          */
         if (kou_http_named[n % sizeof(kou_http_named)] == (buf[ls] | 0x20))
         {
-            /* what kou_http_field_connection makes of the usual value */
-            if (n == 10 && e - vs == 10
-                && kou_http_lc_eq(buf + vs, "keep-alive", 10)
-                && kou_http_lc_eq(buf + ls, "connection", 10))
+            /*
+             * What kou_http_field_connection makes of the usual line,
+             * compared whole: ':', SP and '-' are among the bytes OR-ing
+             * 0x20 leaves as they are (kou_http_lc_eq).
+             */
+            if (n == 10 && e - ls == 22
+                && kou_http_lc_eq(buf + ls, "connection: keep-alive", 22))
             {
                 p->conn_keep_alive = 1;
             } else if (n == 4 && kou_http_lc_eq(buf + ls, "host", 4)) {
