@@ -392,7 +392,6 @@ kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
     te = v - 1;
     kou_http_span(&p->method, 0, me);
     kou_http_span(&p->target, ts, te - ts);
-    p->flags = KOU_HP_SP1 | KOU_HP_SP2;
     /* GET, what nearly all are, without the call */
     id = me == 3 && memcmp(buf, "GET", 3) == 0
          ? KOU_METHOD_GET : kou_http_method_lookup(buf, me);
@@ -405,12 +404,16 @@ kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
          * call: the method is a token (the mask said so), the target the
          * plain origin-form, the version one of the two compared above.
          */
+        p->flags = KOU_HP_SP1 | KOU_HP_SP2 | KOU_HP_RL_DONE;
         p->method_id = id;
         p->target_form = KOU_TARGET_ORIGIN;
         kou_http_span(&p->path, ts, te - ts);
         kou_http_span(&p->query, te, 0);
         p->version = buf[v + 7] == '0' ? 10 : 11;
-    } else if (kou_http_request_line(p, buf, v, end) != KOU_OK) {
+        return e + 2;
+    }
+    p->flags = KOU_HP_SP1 | KOU_HP_SP2;
+    if (kou_http_request_line(p, buf, v, end) != KOU_OK) {
         /* undo what it set; the general path sets it again */
         kou_http_rl_reset(p);
         return 0;
