@@ -36,9 +36,10 @@
  * classified again, step 1 being done with the masks of whole blocks).
  *
  * A first call first tries the head in the shape nearly all have
- * (kou_http_head_fast): the request line, then field lines that need no
- * more than a colon, one SP and a name to look at, in straight-line code
- * with its state in registers. At the first line of any other shape it
+ * (kou_http_head_fast, in http_parse_fast.h, built by each vector tier
+ * with its kernels inlined): the request line, then field lines that need
+ * no more than a colon, one SP and a name to look at, in straight-line
+ * code with its state in registers. At the first line of any other shape it
  * hands over to the general code, exactly as if the input had been split
  * right before that line, and the general code decides every status
  * there; the shortcut itself only ever accepts, or reports the status of

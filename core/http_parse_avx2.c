@@ -5,7 +5,10 @@
  * nibble picks a byte of bits from the set's table (vpshufb), the high
  * nibble picks the bit, and bytes above 0x7f pick none. The two nibbles
  * are split once per step and serve every set looked up in it. Built with
- * -mavx2 alone, and only called once the CPU has been seen to run it.
+ * -mavx2 and BMI1/BMI2 (every AVX2 CPU has them; the tier is chosen only
+ * where the CPU says so), and only called once the CPU has been seen to
+ * run it. The tier's fast path (kou_avx2_head) is the template of
+ * http_parse_fast.h with these kernels inlined.
  *
  * A scan whose end is 32 bytes or more into the buffer finishes with one
  * load that ends at e, reaching back over bytes already passed and

@@ -1,9 +1,10 @@
 /*
  * AVX-512 kernels of the HTTP/1.1 parser (contract in http_parse_kernel.h):
- * 64 bytes a step, in two tables. Both need AVX-512BW and VL, the flags
- * this file is built with; the second also uses VBMI, and only its
- * functions are built for it (target attribute), so the first runs on a
- * CPU without VBMI.
+ * 64 bytes a step, in two tables. Both need AVX-512BW and VL, and BMI1
+ * and BMI2, the flags this file is built with; the second also uses VBMI,
+ * and only its functions are built for it (target attribute), so the
+ * first runs on a CPU without VBMI. Each table's fast path is the
+ * template of http_parse_fast.h with its kernels inlined.
  *
  *   kou_http_kernels_avx512:     sets by nibble lookup (vpshufb per lane,
  *                                as in the AVX2 tier);

@@ -4,7 +4,8 @@
  * request-line class is a range compare; every other class is a nibble
  * lookup with pshufb (SSSE3) into the tables of kou_http_sets. pcmpestri
  * would take the sets as ranges, but its latency is several times that of
- * the two shuffles. Built with -msse4.2 alone.
+ * the two shuffles. Built with -msse4.2 alone; the tier's fast path is the
+ * template of http_parse_fast.h with these kernels inlined.
  *
  * A scan whose end is 16 bytes or more into the buffer finishes with one
  * load that ends at e, shifting out bytes already passed; only a buffer
