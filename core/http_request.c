@@ -231,23 +231,44 @@ kou_http_run_cleanups(kou_request_t *r)
 
 /* ---- hooks ---- */
 
+/*
+ * log_info's facts: those of kou_http_info_r, gathered by the first log
+ * hook of the request being logged (kou_http_logging) that asks.
+ */
+static kou_request_info_t kou_http_info;
+static kou_request_t     *kou_http_info_r;
+static kou_request_t     *kou_http_logging;
+
 static void
-kou_http_run_log_hooks(kou_request_t *r)
+kou_http_call_log_hooks(kou_request_t *r, const size_t *hooks, size_t n)
 {
     kou_modules_t *ms = kou_worker.mods;
-    kou_config_t  *cf = kou_worker.cf;
+    kou_request_t *outer = kou_http_logging;
+    void         **rs = r->route == NULL ? NULL
+                        : &ms->route_state[r->route->route.index * ms->n];
 
-    /* requests that matched no route (404, 405, 501) are logged too */
-    for (size_t i = 0; i < cf->nhooks[KOU_PHASE_LOG]; i++) {
-        size_t             mi = cf->hooks[KOU_PHASE_LOG][i];
-        kou_module_inst_t *m = &ms->mods[mi];
+    kou_http_logging = r;
+    kou_http_info_r = NULL;
+    for (const size_t *h = hooks; h < hooks + n; h++) {
+        kou_module_inst_t *m = &ms->mods[*h];
 
         if (m->m->log != NULL) {
-            m->m->log(r, m->state,
-                      r->route == NULL ? NULL
-                      : kou_modules_route_state(ms, r->route->route.index,
-                                                mi));
+            m->m->log(r, m->state, rs == NULL ? NULL : rs[*h]);
         }
+    }
+    kou_http_logging = outer;
+    kou_http_info_r = NULL;
+}
+
+/* Requests that matched no route (404, 405, 501) are logged too. */
+static inline void
+kou_http_run_log_hooks(kou_request_t *r)
+{
+    kou_config_t *cf = kou_worker.cf;
+
+    if (cf->nhooks[KOU_PHASE_LOG] > 0) {
+        kou_http_call_log_hooks(r, cf->hooks[KOU_PHASE_LOG],
+                                cf->nhooks[KOU_PHASE_LOG]);
     }
 }
 
@@ -1053,36 +1074,58 @@ kou_r_sendfile(kou_request_t *r, int fd, int64_t offset, int64_t length)
     return KOU_OK;
 }
 
-int
-kou_r_request_info(kou_request_t *r, kou_request_info_t *info)
+static void
+kou_http_fill_info(kou_request_t *r, kou_request_info_t *i)
 {
-    kou_request_info_t  tmp, *i = info;
-    const char         *end;
-    size_t              size = info->size ? info->size : sizeof(*info);
+    const kou_http_parser_t *p = &r->p;
 
-    /* a module built against this header gets filled in place */
-    if (size < sizeof(*info)) {
-        i = &tmp;
-    } else {
-        size = sizeof(*info);
-    }
-    i->size = size;
     i->status = r->status;
-    i->bytes_in = r->p.head_len + r->body_seen;
+    i->bytes_in = p->head_len + r->body_seen;
     i->bytes_out = r->c->queued - r->out_mark;
     i->start_us = r->start_us;
     i->end_us = r->end_us;
     i->start_time = r->start_time;
     /* the request line runs from the method to the end of the version */
-    end = r->p.target.p + r->p.target.n + sizeof(" HTTP/1.1") - 1;
-    i->request_line.p = r->p.method.p;
-    i->request_line.n = (size_t) (end - r->p.method.p);
-    i->route = kou_r_route(r);
+    i->request_line.p = p->method.p;
+    i->request_line.n = (size_t) (p->target.p + p->target.n
+                                  + sizeof(" HTTP/1.1") - 1 - p->method.p);
+    i->route = r->route != NULL ? r->route->route.path
+                                : (kou_str_t){ "", 0 };
     i->aborted = r->aborted;
     i->body_bytes_out = r->resp_no_body ? 0 : r->resp_sent;
-    if (i == &tmp) {
-        memcpy(info, &tmp, size);
+}
+
+const kou_request_info_t *
+kou_r_log_info(kou_request_t *r)
+{
+    if (r != kou_http_info_r) {
+        kou_http_info.size = sizeof(kou_http_info);
+        kou_http_fill_info(r, &kou_http_info);
+        /* kept only while the hooks run: nothing changes r meanwhile */
+        kou_http_info_r = r == kou_http_logging ? r : NULL;
     }
+    return &kou_http_info;
+}
+
+int
+kou_r_request_info(kou_request_t *r, kou_request_info_t *info)
+{
+    kou_request_info_t tmp;
+    size_t             size = info->size;
+
+    /*
+     * Log hooks call this for every request: a module built against this
+     * header (or a newer one) is filled in place, an older one through a
+     * copy cut to its size.
+     */
+    if (size >= sizeof(*info) || size == 0) {
+        info->size = sizeof(*info);
+        kou_http_fill_info(r, info);
+        return KOU_OK;
+    }
+    tmp.size = size;
+    kou_http_fill_info(r, &tmp);
+    memcpy(info, &tmp, size);
     return KOU_OK;
 }
 
@@ -1233,6 +1276,13 @@ kou_r_header_at(kou_request_t *r, size_t i, kou_header_t *out)
     }
     *out = r->headers[i];
     return KOU_OK;
+}
+
+const kou_header_t *
+kou_r_headers(kou_request_t *r, size_t *n)
+{
+    *n = r->p.nheaders;
+    return r->headers;
 }
 
 int

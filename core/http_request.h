@@ -163,6 +163,8 @@ size_t kou_r_header_count(kou_request_t *r);
 int kou_r_header_at(kou_request_t *r, size_t i, kou_header_t *out);
 int kou_r_header(kou_request_t *r, kou_str_t name, size_t nth,
                  kou_str_t *value);
+const kou_header_t *kou_r_headers(kou_request_t *r, size_t *n);
+const kou_request_info_t *kou_r_log_info(kou_request_t *r);
 int64_t kou_r_content_length(kou_request_t *r);
 kou_str_t kou_r_remote_addr(kou_request_t *r);
 kou_str_t kou_r_route(kou_request_t *r);

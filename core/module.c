@@ -331,6 +331,8 @@ const kou_host_t kou_host = {
     .var_get = kou_r_var_get,
     .metrics_collect = kou_host_metrics_collect,
     .tunnel_timeout = kou_r_tunnel_timeout,
+    .headers = kou_r_headers,
+    .log_info = kou_r_log_info,
 };
 
 /* ---- loader ---- */

@@ -120,6 +120,12 @@ typedef struct {
     int64_t        tsec;            /* the second the times below show */
     char           tlocal[40];
     size_t         tlocal_n;
+    char           tpre[64];        /* " - - [tlocal] \"" (preset lines) */
+    size_t         tpre_n;
+    int            status;          /* the status and body size ... */
+    uint64_t       body;
+    char           spiece[48];      /* ... in "\" STATUS BODY" (presets) */
+    size_t         spiece_n;
     char           tiso[40];
     size_t         tiso_n;
 } kou_alog_t;
@@ -133,6 +139,12 @@ typedef struct {
 } kou_alog_w_t;
 
 static const kou_host_t *kou_alog_host;
+
+/* host->headers and log_info, NULL on a server before ABI 1.3 */
+static const kou_header_t *(*kou_alog_host_headers)(kou_request_t *r,
+                                                     size_t *n);
+static const kou_request_info_t *(*kou_alog_host_log_info)(
+    kou_request_t *r);
 
 /* Is field f of the host table there (a server older than this header)? */
 #define KOU_HOST_HAS(h, f) \
@@ -151,6 +163,26 @@ static const kou_conf_key_t kou_alog_conf[] = {
 };
 
 /* ---- configuration ---- */
+
+/*
+ * The request's facts: those the server gathers once for every log hook
+ * (ABI 1.3), or a copy in *local.
+ */
+static inline const kou_request_info_t *
+kou_alog_info(kou_request_t *r, kou_request_info_t *local)
+{
+    if (kou_alog_host_log_info != NULL) {
+        return kou_alog_host_log_info(r);
+    }
+    local->size = sizeof(*local);
+    (void) kou_alog_host->request_info(r, local);
+    if (local->size < sizeof(*local)) {
+        /* an older server: what it does not know is 0 */
+        memset((char *) local + local->size, 0,
+               sizeof(*local) - local->size);
+    }
+    return local;
+}
 
 /* Body bytes of the response; head and body on a server before ABI 1.1. */
 static uint64_t
@@ -303,6 +335,7 @@ kou_alog_configure(const kou_conf_t *conf, void **state, char *err,
     }
     al->fd = -1;
     al->tsec = -1;
+    al->status = -1;
 
     n = host->conf_get(conf, "file");
     if (host->conf_str(n, &s) != KOU_OK || s.n == 0
@@ -746,16 +779,13 @@ kou_alog_secs(kou_alog_w_t *w, uint64_t us)
 }
 
 /* Both time forms, formatted once per second. */
-static void
-kou_alog_clock(kou_alog_t *al, int64_t sec)
+static __attribute__((noinline)) void
+kou_alog_clock_set(kou_alog_t *al, int64_t sec)
 {
     time_t    t = (time_t) sec;
     struct tm tm;
     char      z[8];
 
-    if (sec == al->tsec) {
-        return;
-    }
     al->tsec = sec;
     if (localtime_r(&t, &tm) == NULL) {
         memset(&tm, 0, sizeof(tm));
@@ -769,6 +799,18 @@ kou_alog_clock(kou_alog_t *al, int64_t sec)
         al->tiso_n += (size_t) snprintf(al->tiso + al->tiso_n,
                                         sizeof(al->tiso) - al->tiso_n,
                                         "%.3s:%.2s", z, z + 3);
+    }
+    /* tlocal holds at most 39 bytes, so this piece fits tpre */
+    al->tpre_n = (size_t) snprintf(al->tpre, sizeof(al->tpre),
+                                   " - - [%.*s] \"", (int) al->tlocal_n,
+                                   al->tlocal);
+}
+
+static inline void
+kou_alog_clock(kou_alog_t *al, int64_t sec)
+{
+    if (sec != al->tsec) {
+        kou_alog_clock_set(al, sec);
     }
 }
 
@@ -947,139 +989,234 @@ kou_alog_json(kou_alog_t *al, kou_alog_w_t *w, kou_request_t *r,
 /* ---- the common and combined formats, unchecked ---- */
 
 /*
- * Eight bytes with nothing to escape? Bytes < 0x20, >= 0x7f, '"' and '\\'
- * are found with the usual SWAR tests: a byte below n shows in
- * (x - n*ONES) & ~x & HIGHS, a zero byte of x ^ c in the same way with
- * n = 1, and a byte >= 0x80 in x & HIGHS.
+ * Sixteen bytes at a time (GNU vector extensions: SSE2 on x86-64, NEON on
+ * arm64, plain words elsewhere).
  */
-static inline int
-kou_alog_plain8(uint64_t x)
-{
-    const uint64_t ones = 0x0101010101010101ull;
-    const uint64_t highs = 0x8080808080808080ull;
-    uint64_t       q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-    uint64_t       d = x ^ (ones * 0x7f);
+typedef signed char   kou_alog_v16_t __attribute__((vector_size(16)));
+typedef unsigned char kou_alog_u16_t __attribute__((vector_size(16)));
+typedef uint64_t      kou_alog_v2_t __attribute__((vector_size(16)));
 
-    return (((x - ones * 0x20) & ~x)
-            | ((q - ones) & ~q) | ((b - ones) & ~b) | ((d - ones) & ~d)
-            | x) & highs ? 0 : 1;
+/*
+ * All-ones lanes where v holds a byte that a text format writes as is.
+ * Adding 1 maps 0x20..0x7e to 0x21..0x7f, the only bytes then above 0x20
+ * as signed chars: the controls, 0x7f and the bytes >= 0x80 fail one
+ * comparison; '"' and '\\' are tested apart.
+ */
+static inline kou_alog_v2_t
+kou_alog_ok16(kou_alog_v16_t v)
+{
+    kou_alog_v16_t s = (kou_alog_v16_t) ((kou_alog_u16_t) v + 1);
+
+    return (kou_alog_v2_t) (s > 0x20)
+           & ~(kou_alog_v2_t) ((v == '"') | (v == '\\'));
+}
+
+static inline kou_alog_v2_t
+kou_alog_ok8(uint64_t a, uint64_t b)
+{
+    return kou_alog_ok16((kou_alog_v16_t) (kou_alog_v2_t) { a, b });
 }
 
 /*
- * kou_alog_text without bounds checks: the caller has made sure that
- * 4 * s.n + 1 bytes are free at d. Returns the new end.
+ * Copy a value into the line as it is ("-" when empty) and clear in *ok
+ * the lanes of bytes that should have been escaped; the caller checks *ok
+ * once for the whole line. A value moves in two overlapping loads (of 4,
+ * 8 or 16 bytes; the bytes they share are checked twice), a long one 16
+ * bytes at a time, the last load overlapping. The caller has made sure
+ * that s.n + 1 bytes are free at d. Returns the new end.
  */
-/* One byte of a text-format value, as itself or as \xHH. */
-static inline char *
-kou_alog_put_byte(char *d, unsigned char c)
+static inline __attribute__((always_inline)) char *
+kou_alog_copy(char *d, kou_str_t s, kou_alog_v2_t *ok)
 {
-    static const char hex[] = "0123456789ABCDEF";
+    const char *p = s.p;
+    size_t      n = s.n;
 
-    if (kou_alog_escape[c]) {
-        d[0] = '\\';
-        d[1] = 'x';
-        d[2] = hex[c >> 4];
-        d[3] = hex[c & 0xf];
-        return d + 4;
-    }
-    *d = (char) c;
-    return d + 1;
-}
+    if (n >= 16) {
+        kou_alog_v16_t a, b;
+        size_t         i;
 
-static char *
-kou_alog_put_text(char *d, kou_str_t s)
-{
-    const unsigned char *p = (const unsigned char *) s.p;
-    const unsigned char *end = p + s.n;
+        for (i = 0; i + 32 < n; i += 16) {
+            memcpy(&a, p + i, 16);
+            *ok &= kou_alog_ok16(a);
+            memcpy(d + i, &a, 16);
+        }
+        /* the last 16 to 32 bytes */
+        memcpy(&a, p + i, 16);
+        memcpy(&b, p + n - 16, 16);
+        *ok &= kou_alog_ok16(a) & kou_alog_ok16(b);
+        memcpy(d + i, &a, 16);
+        memcpy(d + n - 16, &b, 16);
+    } else if (n >= 8) {
+        uint64_t a, b;
 
-    if (s.n == 0) {
-        *d++ = '-';
-        return d;
-    }
-    while (end - p >= 8) {
+        memcpy(&a, p, 8);
+        memcpy(&b, p + n - 8, 8);
+        *ok &= kou_alog_ok8(a, b);
+        memcpy(d, &a, 8);
+        memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
         uint64_t x;
 
-        memcpy(&x, p, 8);
-        if (kou_alog_plain8(x)) {
-            memcpy(d, &x, 8);
-            d += 8;
-            p += 8;
-            continue;
-        }
-        for (const unsigned char *e = p + 8; p < e; p++) {
-            d = kou_alog_put_byte(d, *p);
-        }
-    }
-    for (; p < end; p++) {
-        d = kou_alog_put_byte(d, *p);
-    }
-    return d;
-}
+        memcpy(&a, p, 4);
+        memcpy(&b, p + n - 4, 4);
+        x = a | (uint64_t) b << 32;
+        *ok &= kou_alog_ok8(x, x);
+        memcpy(d, &a, 4);
+        memcpy(d + n - 4, &b, 4);
+    } else if (n > 0) {
+        /* first, middle and last byte: all three for n = 3, fewer below */
+        unsigned char a = (unsigned char) p[0];
+        unsigned char b = (unsigned char) p[n / 2];
+        unsigned char c = (unsigned char) p[n - 1];
+        uint64_t      x = a | (uint64_t) b << 8 | (uint64_t) c << 16;
 
-static char *
-kou_alog_put_u64(char *d, uint64_t v)
-{
-    char  buf[20];
-    char *p = buf + sizeof(buf);
-    size_t n;
-
-    do {
-        *--p = (char) ('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    n = (size_t) (buf + sizeof(buf) - p);
-    memcpy(d, p, n);
+        x |= x << 24 | x << 48;
+        *ok &= kou_alog_ok8(x, x);
+        d[0] = (char) a;
+        d[n / 2] = (char) b;
+        d[n - 1] = (char) c;
+    } else {
+        *d = '-';
+        return d + 1;
+    }
     return d + n;
 }
 
-#define KOU_ALOG_PUT(d, lit) \
-    (memcpy((d), (lit), sizeof(lit) - 1), (d) + sizeof(lit) - 1)
+/* Decimal, written in place: the digits are counted first. */
+static char *
+kou_alog_put_u64(char *d, uint64_t v)
+{
+    size_t n = 1;
+
+    if (v < 100) {
+        /* the body of most small responses, and the status */
+        if (v >= 10) {
+            *d++ = (char) ('0' + v / 10);
+        }
+        *d = (char) ('0' + v % 10);
+        return d + 1;
+    }
+    for (uint64_t t = v; t >= 10; t /= 10) {
+        n++;
+    }
+    for (size_t i = n; i > 0; i--) {
+        d[i - 1] = (char) ('0' + v % 10);
+        v /= 10;
+    }
+    return d + n;
+}
+
+/*
+ * Is the field name at p (of the length tested by the caller) "referer",
+ * or "user-agent", in any case? Setting bit 0x20 lowercases a letter and
+ * turns no other byte into one, so the comparison is exact; the '-' is
+ * compared as is.
+ */
+static inline int
+kou_alog_is_referer(const char *p)
+{
+    uint32_t a, b, ka, kb;
+
+    memcpy(&a, p, 4);
+    memcpy(&b, p + 3, 4);
+    memcpy(&ka, "refe", 4);
+    memcpy(&kb, "erer", 4);
+    return ((a | 0x20202020u) ^ ka) == 0 && ((b | 0x20202020u) ^ kb) == 0;
+}
+
+static inline int
+kou_alog_is_user_agent(const char *p)
+{
+    uint64_t a, fold, ka;
+    uint16_t b, kb;
+
+    memcpy(&a, p, 8);
+    memcpy(&b, p + 8, 2);
+    memcpy(&fold, "\x20\x20\x20\x20\x00\x20\x20\x20", 8);
+    memcpy(&ka, "user-age", 8);
+    memcpy(&kb, "nt", 2);
+    return (a | fold) == ka && (uint16_t) (b | 0x2020u) == kb;
+}
 
 /*
  * The common and combined formats, the ones most servers log, written
- * straight into the buffer: the values are fetched first, so one check of
- * the room covers the whole line (a value grows at most fourfold when
- * escaped). Returns the line's length, or 0 when it might not fit, which
- * sends the caller to the general, checked path.
+ * straight into the buffer. The values are fetched first, so one check of
+ * the room covers the whole line (the pieces of the format are copied in
+ * whole words, which may write up to 64 bytes past what they keep), and
+ * copied as they are. Returns the line's length, or 0 when it might not
+ * fit or a value holds a byte to escape: the caller then writes the line
+ * with the general, checked code, which escapes.
  */
 static size_t
 kou_alog_preset(kou_alog_t *al, char *buf, size_t room, kou_request_t *r,
                 const kou_request_info_t *info)
 {
-    const kou_host_t *host = kou_alog_host;
-    kou_str_t         addr = host->remote_addr(r), ref, ua;
-    char             *d = buf;
-    size_t            need;
+    kou_str_t      addr = kou_alog_host->remote_addr(r);
+    kou_str_t      ref = { "", 0 }, ua = { "", 0 };
+    kou_alog_v2_t  ok = { ~(uint64_t) 0, ~(uint64_t) 0 };
+    uint64_t       body;
+    char          *d = buf;
 
-    need = 64 + al->tlocal_n + 4 * (addr.n + info->request_line.n);
     if (al->preset == KOU_ALOG_PRESET_COMBINED) {
-        ref = kou_alog_header(r, KOU_STR("referer"));
-        ua = kou_alog_header(r, KOU_STR("user-agent"));
-        need += 8 + 4 * (ref.n + ua.n);
+        const kou_header_t *h;
+        size_t              n;
+
+        if (kou_alog_host_headers == NULL) {
+            ref = kou_alog_header(r, KOU_STR("referer"));
+            ua = kou_alog_header(r, KOU_STR("user-agent"));
+        } else {
+            /* backwards, so that the first field of a name wins */
+            h = kou_alog_host_headers(r, &n);
+            while (n-- > 0) {
+                if (h[n].name.n == 7 && kou_alog_is_referer(h[n].name.p)) {
+                    ref = h[n].value;
+                } else if (h[n].name.n == 10
+                           && kou_alog_is_user_agent(h[n].name.p))
+                {
+                    ua = h[n].value;
+                }
+            }
+        }
     }
-    if (need > room) {
+    if (128 + addr.n + info->request_line.n + ref.n + ua.n > room) {
         return 0;
     }
 
-    d = kou_alog_put_text(d, addr);
-    d = KOU_ALOG_PUT(d, " - - [");
-    memcpy(d, al->tlocal, al->tlocal_n);
-    d += al->tlocal_n;
-    d = KOU_ALOG_PUT(d, "] \"");
-    d = kou_alog_put_text(d, info->request_line);
-    d = KOU_ALOG_PUT(d, "\" ");
-    d = kou_alog_put_u64(d, (uint64_t) (info->status > 0 ? info->status
-                                                         : 0));
-    *d++ = ' ';
-    d = kou_alog_put_u64(d, kou_alog_body_bytes(info));
+    d = kou_alog_copy(d, addr, &ok);
+    /* " - - [time] \"", whole: see kou_alog_clock */
+    memcpy(d, al->tpre, sizeof(al->tpre));
+    d += al->tpre_n;
+    d = kou_alog_copy(d, info->request_line, &ok);
+    body = kou_alog_body_bytes(info);
+    if (info->status != al->status || body != al->body) {
+        /* "\" 200 1234", kept while the next responses are alike */
+        char *s = al->spiece;
+
+        *s++ = '"';
+        *s++ = ' ';
+        s = kou_alog_put_u64(s, (uint64_t) (info->status > 0 ? info->status
+                                                            : 0));
+        *s++ = ' ';
+        s = kou_alog_put_u64(s, body);
+        al->spiece_n = (size_t) (s - al->spiece);
+        al->status = info->status;
+        al->body = body;
+    }
+    memcpy(d, al->spiece, sizeof(al->spiece));
+    d += al->spiece_n;
     if (al->preset == KOU_ALOG_PRESET_COMBINED) {
-        d = KOU_ALOG_PUT(d, " \"");
-        d = kou_alog_put_text(d, ref);
-        d = KOU_ALOG_PUT(d, "\" \"");
-        d = kou_alog_put_text(d, ua);
+        memcpy(d, " \"", 2);
+        d = kou_alog_copy(d + 2, ref, &ok);
+        memcpy(d, "\" \"", 3);
+        d = kou_alog_copy(d + 3, ua, &ok);
         *d++ = '"';
     }
     *d++ = '\n';
+
+    if ((ok[0] & ok[1]) != ~(uint64_t) 0) {
+        return 0;
+    }
     return (size_t) (d - buf);
 }
 
@@ -1097,19 +1234,30 @@ kou_alog_format(kou_alog_t *al, kou_alog_w_t *w, kou_request_t *r,
     kou_alog_raw(w, "\n", 1);
 }
 
-/*
- * The log hook: format the line at the end of the buffer; flush first when
- * it does not fit, truncate it when it is longer than the whole buffer.
- * No system call unless the buffer is full.
- */
-static int
-kou_alog_log(kou_request_t *r, void *state, void *route_state)
+/* A line is in the buffer: write it out when the buffer is full. */
+static inline void
+kou_alog_added(kou_alog_t *al, size_t n)
 {
-    kou_alog_t        *al = state;
-    kou_request_info_t info;
-    kou_alog_w_t       w;
+    al->len += n;
+    if (al->len == al->cap) {
+        kou_alog_flush(al);
+    }
+    if (al->len > 0 && al->timer == NULL) {
+        al->timer = kou_alog_host->timer_add(al->flush_ms, kou_alog_tick, al);
+    }
+}
 
-    (void) route_state;
+/*
+ * A line by the general, checked code: format it at the end of the
+ * buffer, flush first when it does not fit, truncate it when it is
+ * longer than the whole buffer.
+ */
+static __attribute__((noinline)) int
+kou_alog_log_checked(kou_alog_t *al, kou_request_t *r)
+{
+    kou_request_info_t        local;
+    const kou_request_info_t *info;
+    kou_alog_w_t              w;
 
     if (al->buf == NULL) {
         return KOU_OK;
@@ -1125,27 +1273,15 @@ kou_alog_log(kou_request_t *r, void *state, void *route_state)
         }
     }
 
-    memset(&info, 0, sizeof(info));
-    info.size = sizeof(info);
-    (void) kou_alog_host->request_info(r, &info);
-    kou_alog_clock(al, info.start_time);
-
-    if (al->preset == KOU_ALOG_PRESET_COMMON
-        || al->preset == KOU_ALOG_PRESET_COMBINED)
-    {
-        w.n = kou_alog_preset(al, al->buf + al->len, al->cap - al->len, r,
-                              &info);
-        if (w.n > 0) {
-            goto done;
-        }
-    }
+    info = kou_alog_info(r, &local);
+    kou_alog_clock(al, info->start_time);
 
     for (int attempt = 0; ; attempt++) {
         w.p = al->buf + al->len;
         w.n = 0;
         w.cap = al->cap - al->len;
         w.over = 0;
-        kou_alog_format(al, &w, r, &info);
+        kou_alog_format(al, &w, r, info);
         if (!w.over) {
             break;
         }
@@ -1167,15 +1303,38 @@ kou_alog_log(kou_request_t *r, void *state, void *route_state)
             return KOU_OK;
         }
     }
+    kou_alog_added(al, w.n);
+    return KOU_OK;
+}
 
-done:
-    al->len += w.n;
-    if (al->len == al->cap) {
-        kou_alog_flush(al);
+/*
+ * The log hook. No system call unless the buffer is full. The common and
+ * combined formats take the unchecked path when they can (file open, room
+ * enough, nothing to escape), the rest the checked one.
+ */
+static int
+kou_alog_log(kou_request_t *r, void *state, void *route_state)
+{
+    kou_alog_t               *al = state;
+    kou_request_info_t        local;
+    const kou_request_info_t *info;
+    size_t                    n;
+
+    (void) route_state;
+
+    if ((al->preset != KOU_ALOG_PRESET_COMMON
+         && al->preset != KOU_ALOG_PRESET_COMBINED)
+        || al->buf == NULL || al->fd < 0)
+    {
+        return kou_alog_log_checked(al, r);
     }
-    if (al->len > 0 && al->timer == NULL) {
-        al->timer = kou_alog_host->timer_add(al->flush_ms, kou_alog_tick, al);
+    info = kou_alog_info(r, &local);
+    kou_alog_clock(al, info->start_time);
+    n = kou_alog_preset(al, al->buf + al->len, al->cap - al->len, r, info);
+    if (n == 0) {
+        return kou_alog_log_checked(al, r);
     }
+    kou_alog_added(al, n);
     return KOU_OK;
 }
 
@@ -1194,5 +1353,9 @@ KOU_EXPORT const kou_module_t *
 kourier_module(const kou_host_t *host)
 {
     kou_alog_host = host;
+    kou_alog_host_headers = KOU_HOST_HAS(host, headers) ? host->headers
+                                                         : NULL;
+    kou_alog_host_log_info = KOU_HOST_HAS(host, log_info) ? host->log_info
+                                                           : NULL;
     return &kou_alog_module;
 }

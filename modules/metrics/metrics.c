@@ -109,8 +109,11 @@ struct kou_metrics_route_s {
     int                  restricted;      /* `allow` given ([]: nobody) */
     size_t               nallow;
     kou_metrics_net_t   *allow;
-    uint64_t             ckey[KOU_METRICS_CACHE];
-    int32_t              cidx[KOU_METRICS_CACHE];
+    uint64_t            *hist;            /* its histogram in our row */
+    /* the series counters of (code, method) pairs seen: csel is 0 when
+       empty, else 1 + (code << 4 | method) */
+    uint32_t             csel[KOU_METRICS_CACHE];
+    uint64_t            *cctr[KOU_METRICS_CACHE];
 };
 
 typedef struct {
@@ -445,6 +448,16 @@ kou_metrics_series(kou_metrics_t *m, uint64_t key)
 
 /* ---- worker ---- */
 
+/* Give route mr its registry index, and its histogram in this row. */
+static void
+kou_metrics_attach(kou_metrics_t *m, kou_metrics_route_t *mr)
+{
+    mr->id = kou_metrics_route_id(m, mr->name);
+    mr->hist = mr->id < 0 ? NULL
+               : m->mine + KOU_ROW_HIST(m)
+                 + (size_t) mr->id * KOU_METRICS_HIST_W;
+}
+
 static int
 kou_metrics_worker_init(void *state)
 {
@@ -492,7 +505,7 @@ kou_metrics_worker_init(void *state)
 
     m->none.id = -2;          /* registered at its first request */
     for (kou_metrics_route_t *mr = m->routes; mr != NULL; mr = mr->next) {
-        mr->id = kou_metrics_route_id(m, mr->name);
+        kou_metrics_attach(m, mr);
         if (mr->id < 0) {
             host->log(KOU_LOG_WARN, "metrics: route \"%.*s\" is not "
                       "counted per route (name over %d bytes, or more than "
@@ -506,30 +519,50 @@ kou_metrics_worker_init(void *state)
 static unsigned
 kou_metrics_method(kou_str_t s)
 {
-    unsigned i;
-
-    /* candidates by length, so that a request costs one or two memcmp */
+    /*
+     * Candidates by length, each compared in one or two loads (a memcmp
+     * of a constant length is inlined): no call per request.
+     */
     switch (s.n) {
     case 3:
-        i = s.p[0] == 'G' ? KOU_METHOD_GET : KOU_METHOD_PUT;
+        if (memcmp(s.p, "GET", 3) == 0) {
+            return KOU_METHOD_GET;
+        }
+        if (memcmp(s.p, "PUT", 3) == 0) {
+            return KOU_METHOD_PUT;
+        }
         break;
     case 4:
-        i = s.p[0] == 'H' ? KOU_METHOD_HEAD : KOU_METHOD_POST;
+        if (memcmp(s.p, "POST", 4) == 0) {
+            return KOU_METHOD_POST;
+        }
+        if (memcmp(s.p, "HEAD", 4) == 0) {
+            return KOU_METHOD_HEAD;
+        }
         break;
     case 5:
-        i = s.p[0] == 'P' ? KOU_METHOD_PATCH : KOU_METHOD_TRACE;
+        if (memcmp(s.p, "PATCH", 5) == 0) {
+            return KOU_METHOD_PATCH;
+        }
+        if (memcmp(s.p, "TRACE", 5) == 0) {
+            return KOU_METHOD_TRACE;
+        }
         break;
     case 6:
-        i = KOU_METHOD_DELETE;
+        if (memcmp(s.p, "DELETE", 6) == 0) {
+            return KOU_METHOD_DELETE;
+        }
         break;
     case 7:
-        i = s.p[0] == 'O' ? KOU_METHOD_OPTIONS : KOU_METHOD_CONNECT;
+        if (memcmp(s.p, "OPTIONS", 7) == 0) {
+            return KOU_METHOD_OPTIONS;
+        }
+        if (memcmp(s.p, "CONNECT", 7) == 0) {
+            return KOU_METHOD_CONNECT;
+        }
         break;
-    default:
-        return KOU_METHOD_OTHER;
     }
-    return memcmp(s.p, kou_metrics_methods[i], s.n) == 0 ? i
-                                                         : KOU_METHOD_OTHER;
+    return KOU_METHOD_OTHER;
 }
 
 /*
@@ -541,63 +574,73 @@ kou_metrics_method(kou_str_t s)
 static int
 kou_metrics_log(kou_request_t *r, void *state, void *route_state)
 {
-    const kou_host_t    *host = kou_metrics_host;
-    kou_metrics_t       *m = state;
-    kou_metrics_route_t *mr = route_state != NULL ? route_state : &m->none;
-    kou_request_info_t   info;
-    uint64_t            *row = m->mine, *hist, key, dur, now;
-    unsigned             method, code, c, b;
-    int32_t              idx;
+    const kou_host_t          *host = kou_metrics_host;
+    kou_metrics_t             *m = state;
+    kou_metrics_route_t       *mr = route_state != NULL ? route_state
+                                                        : &m->none;
+    kou_request_info_t         local;
+    const kou_request_info_t  *info;
+    uint64_t                  *row = m->mine, dur, now;
+    unsigned                   method, code, c, b;
+    uint32_t                   sel;
+    int32_t                    idx;
 
     if (row == NULL) {
         return KOU_OK;
     }
-    if (mr->id == -2) {
-        mr->id = kou_metrics_route_id(m, mr->name);
-    }
     if (mr->id < 0) {
-        kou_metrics_add(&row[KOU_ROW_UNATTRIBUTED], 1);
-        return KOU_OK;
+        if (mr->id == -2) {
+            kou_metrics_attach(m, mr);
+        }
+        if (mr->id < 0) {
+            kou_metrics_add(&row[KOU_ROW_UNATTRIBUTED], 1);
+            return KOU_OK;
+        }
     }
 
-    memset(&info, 0, sizeof(info));
-    info.size = sizeof(info);
-    (void) host->request_info(r, &info);
+    if (KOU_HOST_HAS(host, log_info) && host->log_info != NULL) {
+        /* gathered once for every log hook (ABI 1.3) */
+        info = host->log_info(r);
+    } else {
+        local.size = sizeof(local);
+        (void) host->request_info(r, &local);
+        if (local.size < sizeof(local)) {
+            /* an older server: what it does not know is 0 */
+            memset((char *) &local + local.size, 0,
+                   sizeof(local) - local.size);
+        }
+        info = &local;
+    }
 
     method = kou_metrics_method(host->method(r));
-    code = info.status >= 100 && info.status <= 999
-           ? (unsigned) info.status : 0;
-    key = kou_metrics_key(mr->id, method, code);
-
+    code = info->status >= 100 && info->status <= 999
+           ? (unsigned) info->status : 0;
+    sel = (uint32_t) (code << 4 | method) + 1;
     c = (code * 7 + method) & (KOU_METRICS_CACHE - 1);
-    if (mr->ckey[c] == key) {
-        idx = mr->cidx[c];
-    } else {
-        idx = kou_metrics_series(m, key);
-        mr->ckey[c] = key;          /* a full table stays full: cache -1 */
-        mr->cidx[c] = idx;
+    if (mr->csel[c] != sel) {
+        idx = kou_metrics_series(m, kou_metrics_key(mr->id, method, code));
+        /* a full table stays full: the request stays unattributed */
+        mr->cctr[c] = idx >= 0 ? &row[KOU_ROW_SERIES + (size_t) idx]
+                               : &row[KOU_ROW_UNATTRIBUTED];
+        mr->csel[c] = sel;
     }
-    if (idx >= 0) {
-        kou_metrics_add(&row[KOU_ROW_SERIES + (size_t) idx], 1);
-    } else {
-        kou_metrics_add(&row[KOU_ROW_UNATTRIBUTED], 1);
-    }
+    kou_metrics_add(mr->cctr[c], 1);
 
-    if (info.end_us != 0) {
-        dur = info.end_us >= info.start_us ? info.end_us - info.start_us : 0;
+    if (info->end_us != 0) {
+        dur = info->end_us >= info->start_us ? info->end_us - info->start_us
+                                             : 0;
     } else {
         /* aborted: it lasted until now */
         now = host->now_ms() * 1000;
-        dur = now >= info.start_us ? now - info.start_us : 0;
+        dur = now >= info->start_us ? now - info->start_us : 0;
     }
     for (b = 0; b < KOU_METRICS_NBOUNDS; b++) {
         if (dur <= kou_metrics_bounds_us[b]) {
             break;
         }
     }
-    hist = row + KOU_ROW_HIST(m) + (size_t) mr->id * KOU_METRICS_HIST_W;
-    kou_metrics_add(&hist[b], 1);
-    kou_metrics_add(&hist[KOU_METRICS_NBUCKETS], dur);
+    kou_metrics_add(&mr->hist[b], 1);
+    kou_metrics_add(&mr->hist[KOU_METRICS_NBUCKETS], dur);
     return KOU_OK;
 }
 

@@ -209,6 +209,56 @@ class FormatTest(AccessLogCase):
                 self.assertEqual(text, "a" * shift + expect, fmt)
             self.server.kill()
 
+    def test_escape_found_at_any_length_and_place(self):
+        # The combined preset copies a value as it is, in whole loads whose
+        # shape depends on its length (1-3, 4-7, 8-15, 16-32 bytes,
+        # longer), and escapes the line only when a load held a byte to
+        # escape: one such byte, at every place in values of every length,
+        # must be found, or it reaches the file raw.
+        self.serve()
+        bad = [b'"', b"\\", b"\t", b"\x80", b"\xff", b"\xc3"]
+        good = b"!#[]~ az"
+        agents = []
+        for n in range(1, 41):
+            plain = bytes(good[(n + i) % len(good)] for i in range(n))
+            if plain[:1] == b" " or plain[-1:] == b" ":
+                plain = b"x" + plain[1:-1] + b"x" if n > 1 else b"x"
+            agents.append(plain)
+            for pos in range(n):
+                c = bad[(n + pos) % len(bad)]
+                if c == b"\t" and pos in (0, n - 1):
+                    c = b'"'        # a tab at either end is not part of it
+                agents.append(plain[:pos] + c + plain[pos + 1:])
+        with self.server.client() as c:
+            for ua in agents:
+                c.send(b"GET /hello HTTP/1.1\r\nHost: x\r\nUser-Agent: "
+                       + ua + b"\r\n\r\n")
+                self.assertStatus(c.read_response(), 200)
+        lines = self.wait_lines(len(agents))
+        self.assertEqual(len(lines), len(agents))
+        for ua, line in zip(agents, lines):
+            m = COMBINED_RE.match(line.decode("ascii"))
+            self.assertIsNotNone(m, line)
+            expect = "".join(chr(b) if 0x20 <= b < 0x7f and b not in b'"\\'
+                             else "\\x%02X" % b for b in ua)
+            self.assertEqual(m.group("agent"), expect, ua)
+
+    def test_agent_fields_found_in_any_case(self):
+        # Referer and User-Agent are found whatever their case, the first
+        # of each name wins, and a name that differs in one byte ('_' for
+        # '-') is another field.
+        for fmt in ("combined", '"$http_referer" "$http_user_agent"'):
+            self.serve(format=fmt)
+            self.send(headers=[("X-Other", "1"), ("User_Agent", "wrong"),
+                               ("uSER-aGENT", "first"),
+                               ("user-agent", "second"),
+                               ("REFERER", "http://r/"),
+                               ("Referer", "http://later/")])
+            line = self.wait_lines(1)[0].decode("ascii")
+            self.assertTrue(line.endswith('"http://r/" "first"'),
+                            "%s: %s" % (fmt, line))
+            self.server.kill()
+
     def test_bad_formats_refused(self):
         for fmt, pattern in (("$nosuch", r"unknown variable \$nosuch"),
                              ("cost: $", r"not followed by a variable"),
