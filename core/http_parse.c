@@ -315,6 +315,11 @@ kou_http_span_pct(const u_char *buf, size_t i, size_t e, size_t rd,
  * IPv4address of RFC 3986 §3.2.2: four dec-octets, no leading zeros, none
  * above 255. Stricter than inet_aton() on purpose: "0x7f.1" or "0177.1"
  * would name 127.0.0.1 to some resolvers and a reg-name to others.
+ *
+ * s[n] must be readable and be neither a digit nor '.', so that the scan
+ * stops there without a bound check per byte: every caller's host ends
+ * at a byte outside reg-name (':', '/', ']', a CR, SP or HTAB), never at
+ * the end of the input.
  */
 static bool
 kou_http_ipv4(const u_char *s, size_t n)
@@ -322,32 +327,31 @@ kou_http_ipv4(const u_char *s, size_t n)
     const u_char *e = s + n;
     unsigned      part, v, d;
 
-    for (part = 0; part < 4; part++) {
-        if (part != 0) {
-            if (s == e || *s != '.') {
-                return false;
-            }
-            s++;
-        }
-        if (s == e || (v = (unsigned) *s - '0') > 9) {
+    for (part = 0; ; part++) {
+        if ((v = (unsigned) *s - '0') > 9) {
             return false;
         }
         s++;
         /* a leading 0 is the whole octet: a digit after it stops below */
-        if (v != 0 && s < e && (d = (unsigned) *s - '0') <= 9) {
+        if (v != 0 && (d = (unsigned) *s - '0') <= 9) {
             v = v * 10 + d;
             s++;
-            if (s < e && (d = (unsigned) *s - '0') <= 9) {
-                v = v * 10 + d;
-                s++;
-                if (v > 255) {
+            if ((d = (unsigned) *s - '0') <= 9) {
+                if (v * 10 + d > 255) {
                     return false;
                 }
+                s++;
             }
         }
+        if (part == 3) {
+            /* a fourth digit or anything else after the last octet */
+            return s == e;
+        }
+        if (*s != '.') {
+            return false;
+        }
+        s++;
     }
-    /* a fourth digit, a fifth part or anything else after the last */
-    return s == e;
 }
 
 /* IPv6address of RFC 3986 §3.2.2, including the dotted-quad tail. */
