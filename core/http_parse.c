@@ -321,7 +321,7 @@ kou_http_span_pct(const u_char *buf, size_t i, size_t e, size_t rd,
  * at a byte outside reg-name (':', '/', ']', a CR, SP or HTAB), never at
  * the end of the input.
  */
-static bool
+static inline bool
 kou_http_ipv4(const u_char *s, size_t n)
 {
     const u_char *e = s + n;
