@@ -318,8 +318,9 @@ kou_http_span_pct(const u_char *buf, size_t i, size_t e, size_t rd,
  *
  * s[n] must be readable and be neither a digit nor '.', so that the scan
  * stops there without a bound check per byte: every caller's host ends
- * at a byte outside reg-name (':', '/', ']', a CR, SP or HTAB), never at
- * the end of the input.
+ * at a byte outside reg-name (':', '/', '?', ']', '@', a '%' that does
+ * not start an escape, a CR, SP or HTAB), never at the end of the input:
+ * no incomplete line is judged.
  */
 static inline bool
 kou_http_ipv4(const u_char *s, size_t n)
@@ -1143,29 +1144,6 @@ kou_http_rl_reset(kou_http_parser_t *p)
     p->version = 0;
 }
 
-void
-kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
-                     kou_header_t *headers)
-{
-    /*
-     * Once per request, so only what a parse does not always set: method,
-     * target, path and query are set by every request line that passes.
-     */
-    p->limits = lim;
-    p->headers = headers;
-    p->pos = 0;
-    p->line_start = 0;
-    p->state = KOU_HP_REQUEST_LINE;
-    kou_http_rl_reset(p);
-    p->nheaders = 0;
-    p->content_length = -1;
-    p->chunked = 0;
-    p->conn_close = 0;
-    p->conn_keep_alive = 0;
-    p->conn_upgrade = 0;
-    p->expect_continue = 0;
-    p->head_len = 0;
-}
 
 void
 kou_http_headers_unbase(kou_http_parser_t *p, const u_char *buf, size_t from,
@@ -1408,17 +1386,7 @@ fail:
     return rc;
 }
 
-int
-kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
-{
-    /* the tier's fast path hands over to the general code where it stops */
-    if (p->state == KOU_HP_REQUEST_LINE && p->pos == 0 && len != 0
-        && kou_http_kernels->head != NULL)
-    {
-        return kou_http_kernels->head(p, buf, len);
-    }
-    return kou_http_parse_general(p, buf, len);
-}
+int (*kou_http_head)(kou_http_parser_t *p, const u_char *buf, size_t len);
 
 kou_str_t
 kou_http_method_name(unsigned method_id)
@@ -1788,6 +1756,7 @@ kou_http_parser_set_tier(unsigned tier)
     }
 #endif
     kou_http_kernels = k;
+    kou_http_head = k->head;
     kou_http_tier = tier;
     return KOU_OK;
 }

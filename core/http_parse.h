@@ -85,9 +85,38 @@ typedef struct {
     size_t    head_len;       /* bytes of request line + fields + final CRLF */
 } kou_http_parser_t;
 
-/* Prepare p for a new request. headers must hold limits->max_headers. */
-void kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
-                          kou_header_t *headers);
+/*
+ * Prepare p for a new request. headers must hold limits->max_headers.
+ * Inline, as it runs once per request: only what a parse does not always
+ * set (method, target, path and query are set by every request line that
+ * passes); state 0 is the request line.
+ */
+static inline void
+kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
+                     kou_header_t *headers)
+{
+    p->limits = lim;
+    p->headers = headers;
+    p->pos = 0;
+    p->line_start = 0;
+    p->state = 0;
+    p->flags = 0;
+    p->method_id = KOU_METHOD_UNKNOWN;
+    p->target_form = KOU_TARGET_ORIGIN;
+    p->host.p = NULL;
+    p->host.n = 0;
+    p->port.p = NULL;
+    p->port.n = 0;
+    p->version = 0;
+    p->nheaders = 0;
+    p->content_length = -1;
+    p->chunked = 0;
+    p->conn_close = 0;
+    p->conn_keep_alive = 0;
+    p->conn_upgrade = 0;
+    p->expect_continue = 0;
+    p->head_len = 0;
+}
 
 /*
  * Parse the head of a request from buf[0..len). One leading empty line
@@ -104,8 +133,38 @@ void kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
  * "x". After any result other than KOU_AGAIN, call kou_http_parser_init
  * before parsing the next request.
  */
-int kou_http_parse_request(kou_http_parser_t *p, const u_char *buf,
+static inline int
+kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len);
+
+/*
+ * The general state machine: kou_http_parse_request for any call, from
+ * whatever state p is in. Only kou_http_parse_request and the tiers'
+ * fast paths call it.
+ */
+int kou_http_parse_general(kou_http_parser_t *p, const u_char *buf,
                            size_t len);
+
+/*
+ * The fast path of the tier in use (NULL for scalar), set with the tier:
+ * a first call's head in the usual shape, handed over to the general
+ * code where it is not. Only kou_http_parse_request calls it.
+ */
+extern int (*kou_http_head)(kou_http_parser_t *p, const u_char *buf,
+                            size_t len);
+
+/*
+ * Inline, so that a first call goes straight to the tier's fast path: a
+ * first call is one where p is as kou_http_parser_init left it (state 0,
+ * the request line, at offset 0).
+ */
+static inline int
+kou_http_parse_request(kou_http_parser_t *p, const u_char *buf, size_t len)
+{
+    if (p->state == 0 && p->pos == 0 && len != 0 && kou_http_head != NULL) {
+        return kou_http_head(p, buf, len);
+    }
+    return kou_http_parse_general(p, buf, len);
+}
 
 /*
  * Implementation tiers. All give byte-for-byte the same results; they

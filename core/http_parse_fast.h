@@ -24,7 +24,11 @@
 #include "http_parse.h"
 #include "http_parse_kernel.h"
 
-/* Where p->pos stands. */
+/*
+ * Where p->pos stands. The request line is 0: the inline
+ * kou_http_parser_init and kou_http_parse_request of http_parse.h write
+ * and test that number.
+ */
 enum {
     KOU_HP_REQUEST_LINE = 0,  /* request line, or the leading empty line */
     KOU_HP_REQUEST_LF,        /* its CR seen */
@@ -199,9 +203,6 @@ int kou_http_field_host_at(kou_http_parser_t *p, const u_char *buf,
  */
 int kou_http_head_done(kou_http_parser_t *p, const u_char *buf, size_t n0);
 
-/* kou_http_parse_request from p's state, for any call. */
-int kou_http_parse_general(kou_http_parser_t *p, const u_char *buf,
-                           size_t len);
 
 /*
  * A call that ends before the head does: p->headers[from..] up to h, stored
@@ -226,9 +227,10 @@ typedef struct {
 } kou_http_line_t;
 
 /*
- * The two masks field lines are found with, of the 64 bytes from base:
- * locals of the parsing functions whose address no call takes, so that
- * they stay in registers from one line to the next.
+ * The two masks field lines are found with, of the 64 bytes from base,
+ * and the first block's reg-name mask for the fast path's Host: locals
+ * of the parsing functions whose address no call takes, so that they
+ * stay in registers from one line to the next.
  */
 typedef struct {
     size_t   base;
@@ -343,10 +345,12 @@ kou_http_line(kou_http_lines_fn lines, kou_http_scan_fn field_line,
  * buf[0..end) and within the limit. Such a line is judged by the same
  * function as any other (kou_http_request_line), with the same spans: the
  * target, once valid, holds no SP, so the SPs are the ones the general
- * path would have found. Returns the offset after the LF; or 0, with p as
- * it was, for any other line and for a line that is not acceptable, so
- * that every status keeps the one source that ties it to a position.
- * Either way *b holds the masks of the first block.
+ * path would have found. Returns the offset after the LF; or 0 for any
+ * other line and for a line that is not acceptable, with what the general
+ * path reads of p as it was (the spans of method, target, path and query
+ * may hold the attempt's, which the general path sets again before any
+ * use), so that every status keeps the one source that ties it to a
+ * position. Either way *b holds the masks of the first block.
  */
 static inline __attribute__((always_inline)) size_t
 kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,

@@ -117,9 +117,10 @@ typedef struct {
 } kou_http_kernels_t;
 
 /*
- * The kernels of the tier in use, set by kou_http_parser_set_tier. Tests
- * point it at kou_http_kernels_avx512 to run the AVX-512 tier without
- * VBMI on a CPU that has it.
+ * The kernels of the tier in use, set by kou_http_parser_set_tier, which
+ * also sets kou_http_head to their head. Tests point both at
+ * kou_http_kernels_avx512 to run the AVX-512 tier without VBMI on a CPU
+ * that has it.
  */
 extern const kou_http_kernels_t *kou_http_kernels;
 

@@ -160,6 +160,7 @@ use_variant(size_t v)
           "tier %s cannot be set", variants[v].name);
     if (variants[v].k != NULL) {
         kou_http_kernels = variants[v].k;
+        kou_http_head = variants[v].k->head;
     }
 }
 
