@@ -333,7 +333,7 @@ kou_avx2_first_short(const u_char *buf, size_t e)
 static inline __attribute__((always_inline)) kou_http_first_t
 kou_avx2_first(const u_char *buf, size_t e)
 {
-    if (e >= 64) {
+    if (__builtin_expect(e >= 64, 1)) {
         return kou_avx2_first2(kou_avx2_nibbles(kou_avx2_load(buf)),
                                kou_avx2_nibbles(kou_avx2_load(buf + 32)),
                                0, 0);

@@ -24,6 +24,9 @@
 #include "http_parse.h"
 #include "http_parse_kernel.h"
 
+/* hidden, as in http_parse.h */
+#pragma GCC visibility push(hidden)
+
 /*
  * Where p->pos stands. The request line is 0: the inline
  * kou_http_parser_init and kou_http_parse_request of http_parse.h write
@@ -397,11 +400,14 @@ kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
     kou_http_span(&p->method, 0, me);
     kou_http_span(&p->target, ts, te - ts);
     /* GET, what nearly all are, without the call */
-    id = me == 3 && memcmp(buf, "GET", 3) == 0
+    id = __builtin_expect(me == 3 && memcmp(buf, "GET", 3) == 0, 1)
          ? KOU_METHOD_GET : kou_http_method_lookup(buf, me);
-    if (buf[ts] == '/' && id != KOU_METHOD_CONNECT
-        && (te <= 64 ? (m.npath & ~0ull >> (64 - te) & ~0ull << ts) == 0
-                     : span(buf, ts, end, KOU_HTTP_SET_PATH) >= te))
+    if (__builtin_expect(buf[ts] == '/' && id != KOU_METHOD_CONNECT
+                         && (__builtin_expect(te <= 64, 1)
+                             ? (m.npath & ~0ull >> (64 - te)
+                                & ~0ull << ts) == 0
+                             : span(buf, ts, end, KOU_HTTP_SET_PATH) >= te),
+                         1))
     {
         /*
          * What kou_http_request_line decides of such a line, without a
@@ -429,11 +435,10 @@ kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
 /*
  * A first call's whole head, when it has the shape nearly all have: the
  * request line of kou_http_request_fast, then field lines each of them
- * whole in buf[0..end), a non-empty name, ":" and at most one SP, a value
- * that neither starts nor ends with OWS, room for one more header. Such
- * a line is taken with what the general loop would do with it (the same
- * header stored, the same kou_http_field_meaning), in a function of its
- * own, so that what a line needs stays in registers.
+ * whole in buf[0..end), a non-empty name, ": " (the colon and one SP), a
+ * value that neither starts nor ends with OWS, room for one more header.
+ * Such a line is taken with what the general loop would do with it (the
+ * same header stored, the same kou_http_field_meaning).
  *
  * At the first other line it stops, leaves p as a call that ended right
  * before that line would have left it (headers as offsets, pos at the
@@ -484,19 +489,23 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t len,
             }
             return kou_http_head_done(p, buf, 0);
         }
-        if (__builtin_expect(buf[name] != ':' || name == ls || h == hlim,
-                             0))
+        /*
+         * The name ends in ": ", the usual colon and one SP, at most at
+         * the CR (buf[e + 1] is in the input); any other OWS is left to
+         * the general loop.
+         */
+        if (__builtin_expect(memcmp(buf + name, ": ", 2) != 0 || name == ls
+                             || h == hlim, 0))
         {
             break;
         }
         /*
-         * With the colon before the CR, vs is at most the CR, so
-         * buf[vs] is in the input. buf[e - 1] is in the field-line class
-         * or the colon, so at most SP only if it is OWS; the first value
-         * byte may be the CR of an empty value, which is left to the
-         * general loop too.
+         * With ": " before the CR, vs is at most the CR, so buf[vs] is in
+         * the input. buf[e - 1] is in the field-line class or the SP, so
+         * at most SP only if it is OWS; the first value byte may be the
+         * CR of an empty value, which is left to the general loop too.
          */
-        vs = name + 1 + (buf[name + 1] == ' ');
+        vs = name + 2;
         if (__builtin_expect(buf[vs] <= ' ', 0)
             || __builtin_expect(buf[e - 1] <= ' ', 0))
         {
@@ -568,5 +577,7 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t len,
     return kou_http_parse_general(p, buf, len);
 }
 
+
+#pragma GCC visibility pop
 
 #endif /* KOU_HTTP_PARSE_FAST_H */

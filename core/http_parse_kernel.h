@@ -22,6 +22,9 @@
 #include "kou.h"
 #include "http_parse.h"
 
+/* hidden, as in http_parse.h */
+#pragma GCC visibility push(hidden)
+
 /*
  * Sets of bytes below 0x80, as the vector code looks them up. The first
  * four are what the span kernel scans; the last is the complement, among
@@ -138,5 +141,7 @@ extern const kou_http_kernels_t kou_http_kernels_avx512vbmi;
  * tier calls it before it lets a vector tier run.
  */
 void kou_http_kernels_prepare(void);
+
+#pragma GCC visibility pop
 
 #endif /* KOU_HTTP_PARSE_KERNEL_H */
