@@ -3,7 +3,7 @@
  * build can run, beside picohttpparser's phr_parse_request (as Debian's
  * libh2o ships it), on the same fixed set of requests in the same harness.
  *
- *   parser [-r RUNS] [-t SECONDS] [-c CPU] [-m] [-k CASE]
+ *   parser [-r RUNS] [-t SECONDS] [-c CPU] [-m] [-k CASE] [-P PROCS]
  *   parser -p PARSER [-k CASE] [-n ITERS]
  *
  * Each (request, parser) pair is timed RUNS times (default 11) for about
@@ -12,6 +12,14 @@
  * request and GB/s of head bytes parsed (a body is skipped, never parsed,
  * by either). -c pins the process to one CPU. -m prints a Markdown table
  * (for docs/benchmarks.md) instead of text. -k times one case only.
+ *
+ * -P runs the whole measurement in PROCS fresh processes, one after the
+ * other, and reports the median of their medians, the spread of those,
+ * and the median of each process's own ratio to pico. Both parsers' times
+ * move by several per cent from one process to the next (the stack's
+ * place in memory, which is chosen anew at each start, seems to be what
+ * matters), far more than between the runs of one process; a single
+ * process's ratio is one draw of that.
  *
  * -p runs one parser (a tier name or "pico") ITERS times (default 100000)
  * over case number CASE (0-based, in the table's order; default: every
@@ -36,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kou.h"
@@ -73,8 +82,11 @@ typedef struct {
     double ns_per_req[KOU_SIMD_COUNT + 1];
     double lo[KOU_SIMD_COUNT + 1];
     double hi[KOU_SIMD_COUNT + 1];
+    double ratio[KOU_SIMD_COUNT + 1];   /* time / pico's */
     bool   ran[KOU_SIMD_COUNT + 1];
 } kou_bp_result_t;
+
+#define KOU_BP_MAX_PROCS  64
 
 static const kou_http_limits_t kou_bp_limits = {
     8 * 1024, 16 * 1024, KOU_BP_MAX_HEADERS
@@ -336,6 +348,87 @@ kou_bp_measure(const kou_bp_case_t *c, unsigned runs, double seconds,
         r->hi[which] = per[which][runs - 1];
         r->ran[which] = true;
     }
+    for (which = 0; which <= KOU_BP_PICO; which++) {
+        if (r->ran[which]) {
+            r->ratio[which] = r->ns_per_req[which]
+                              / r->ns_per_req[KOU_BP_PICO];
+        }
+    }
+}
+
+/*
+ * -P: run this program procs times with -Q (raw results on stdout), each
+ * a fresh process, and gather: per request and parser, the median of the
+ * processes' medians, their spread, and the median of their ratios.
+ */
+static void
+kou_bp_procs(unsigned procs, char **args, size_t ncases,
+             kou_bp_result_t *res)
+{
+    static double ns[16][KOU_SIMD_COUNT + 1][KOU_BP_MAX_PROCS];
+    static double ra[16][KOU_SIMD_COUNT + 1][KOU_BP_MAX_PROCS];
+    static unsigned got[16][KOU_SIMD_COUNT + 1];
+    unsigned      k, which, n;
+    size_t        i;
+    int           fd[2], status;
+    pid_t         pid;
+    FILE         *in;
+    double        t, lo, hi, q;
+
+    for (k = 0; k < procs; k++) {
+        if (pipe(fd) != 0) {
+            kou_bp_die("pipe failed");
+        }
+        pid = fork();
+        if (pid < 0) {
+            kou_bp_die("fork failed");
+        }
+        if (pid == 0) {
+            dup2(fd[1], STDOUT_FILENO);
+            close(fd[0]);
+            close(fd[1]);
+            /* a new image: the kernel places its stack anew */
+            execv("/proc/self/exe", args);
+            _exit(127);
+        }
+        close(fd[1]);
+        in = fdopen(fd[0], "r");
+        if (in == NULL) {
+            kou_bp_die("fdopen failed");
+        }
+        while (fscanf(in, "%zu %u %lf %lf %lf %lf", &i, &which, &t, &lo,
+                      &hi, &q) == 6)
+        {
+            if (i < ncases && which <= KOU_BP_PICO
+                && got[i][which] < KOU_BP_MAX_PROCS)
+            {
+                ns[i][which][got[i][which]] = t;
+                ra[i][which][got[i][which]++] = q;
+            }
+        }
+        fclose(in);
+        if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)
+            || WEXITSTATUS(status) != 0)
+        {
+            kou_bp_die("a measuring process failed");
+        }
+    }
+
+    for (i = 0; i < ncases; i++) {
+        for (which = 0; which <= KOU_BP_PICO; which++) {
+            n = got[i][which];
+            if (n == 0) {
+                continue;
+            }
+            qsort(ns[i][which], n, sizeof(double), kou_bp_cmp);
+            qsort(ra[i][which], n, sizeof(double), kou_bp_cmp);
+            res[i].ns_per_req[which] = ns[i][which][n / 2];
+            res[i].lo[which] = ns[i][which][0];
+            res[i].hi[which] = ns[i][which][n - 1];
+            res[i].ratio[which] = ra[i][which][n / 2];
+            res[i].ran[which] = true;
+        }
+    }
 }
 
 static const char *
@@ -350,13 +443,16 @@ main(int argc, char **argv)
     static kou_bp_case_t   cases[16];
     static kou_bp_result_t res[16];
     unsigned               runs = 11, which, order, prof = UINT_MAX;
-    double                 seconds = 0.1, gbs, ratio, bytes;
-    bool                   md = false;
+    unsigned               procs = 1;
+    double                 seconds = 0.1, gbs, bytes;
+    bool                   md = false, raw = false;
+    char                   rs[16], ts[32], cs[16], ks[24];
+    char                  *args[12];
     size_t                 ncases, i, iters = 100000, only = SIZE_MAX;
     int                    opt, cpu = -1;
     cpu_set_t              set;
 
-    while ((opt = getopt(argc, argv, "r:t:c:mp:k:n:")) != -1) {
+    while ((opt = getopt(argc, argv, "r:t:c:mp:k:n:P:Q")) != -1) {
         switch (opt) {
         case 'r':
             runs = (unsigned) atoi(optarg);
@@ -386,15 +482,25 @@ main(int argc, char **argv)
         case 'n':
             iters = (size_t) atol(optarg);
             break;
+        case 'P':
+            procs = (unsigned) atoi(optarg);
+            break;
+        case 'Q':
+            /* a process of -P: raw results for the parent */
+            raw = true;
+            break;
         default:
             fprintf(stderr, "usage: parser [-r RUNS] [-t SECONDS] [-c CPU]"
-                            " [-m] [-k CASE]\n"
+                            " [-m] [-k CASE] [-P PROCS]\n"
                             "       parser -p PARSER [-k CASE] [-n ITERS]\n");
             return 2;
         }
     }
-    if (runs < 1 || runs > 64 || seconds <= 0) {
-        kou_bp_die("-r takes 1..64, -t a positive number of seconds");
+    if (runs < 1 || runs > 64 || seconds <= 0 || procs < 1
+        || procs > KOU_BP_MAX_PROCS)
+    {
+        kou_bp_die("-r takes 1..64, -P 1..64, -t a positive number of "
+                   "seconds");
     }
     if (cpu >= 0) {
         CPU_ZERO(&set);
@@ -442,14 +548,58 @@ main(int argc, char **argv)
         return 0;
     }
 
-    for (i = 0; i < ncases; i++) {
-        if (only == SIZE_MAX || only == i) {
-            kou_bp_measure(&cases[i], runs, seconds, &res[i]);
+    if (procs > 1) {
+        i = 0;
+        args[i++] = argv[0];
+        args[i++] = (char *) "-Q";
+        snprintf(rs, sizeof(rs), "%u", runs);
+        args[i++] = (char *) "-r";
+        args[i++] = rs;
+        snprintf(ts, sizeof(ts), "%.17g", seconds);
+        args[i++] = (char *) "-t";
+        args[i++] = ts;
+        if (cpu >= 0) {
+            snprintf(cs, sizeof(cs), "%d", cpu);
+            args[i++] = (char *) "-c";
+            args[i++] = cs;
+        }
+        if (only != SIZE_MAX) {
+            snprintf(ks, sizeof(ks), "%zu", only);
+            args[i++] = (char *) "-k";
+            args[i++] = ks;
+        }
+        args[i] = NULL;
+        kou_bp_procs(procs, args, ncases, res);
+    } else {
+        for (i = 0; i < ncases; i++) {
+            if (only == SIZE_MAX || only == i) {
+                kou_bp_measure(&cases[i], runs, seconds, &res[i]);
+            }
         }
     }
 
-    printf("median of %u runs of %.2f s of CPU time per request and "
-           "parser%s\n", runs, seconds, md ? "\n" : "");
+    if (raw) {
+        for (i = 0; i < ncases; i++) {
+            for (which = 0; which <= KOU_BP_PICO; which++) {
+                if (res[i].ran[which]) {
+                    printf("%zu %u %.17g %.17g %.17g %.17g\n", i, which,
+                           res[i].ns_per_req[which], res[i].lo[which],
+                           res[i].hi[which], res[i].ratio[which]);
+                }
+            }
+        }
+        return 0;
+    }
+
+    if (procs > 1) {
+        printf("median of %u processes, each the median of %u runs of "
+               "%.2f s of CPU time per request and parser; min-max of the "
+               "processes' medians; time/pico the median of the processes' "
+               "own ratios%s\n", procs, runs, seconds, md ? "\n" : "");
+    } else {
+        printf("median of %u runs of %.2f s of CPU time per request and "
+               "parser%s\n", runs, seconds, md ? "\n" : "");
+    }
     if (md) {
         printf("| request | head bytes | parser | ns/request | min–max "
                "| GB/s | time ×pico |\n"
@@ -467,20 +617,19 @@ main(int argc, char **argv)
                 continue;
             }
             gbs = bytes / res[i].ns_per_req[which];
-            ratio = res[i].ns_per_req[which]
-                    / res[i].ns_per_req[KOU_BP_PICO];
             if (md) {
                 printf("| %s | %.0f | %s | %.1f | %.1f–%.1f | %.2f "
                        "| %.2f |\n",
                        order == 0 ? cases[i].name : "",
                        bytes, kou_bp_name(which),
                        res[i].ns_per_req[which], res[i].lo[which],
-                       res[i].hi[which], gbs, ratio);
+                       res[i].hi[which], gbs, res[i].ratio[which]);
             } else {
                 printf("%-26s %6.0f  %-7s %10.1f %8.1f-%-8.1f %7.2f %10.2f\n",
                        order == 0 ? cases[i].name : "", bytes,
                        kou_bp_name(which), res[i].ns_per_req[which],
-                       res[i].lo[which], res[i].hi[which], gbs, ratio);
+                       res[i].lo[which], res[i].hi[which], gbs,
+                       res[i].ratio[which]);
             }
         }
     }

@@ -9,7 +9,8 @@
 # --out DIR    where the build and the binary go (/tmp/kourier-bench)
 # --docs       also rewrite the parser table in docs/benchmarks.md (between
 #              its bench:parser markers)
-# PARSER-ARGS  passed to the benchmark: -r RUNS -t SECONDS -c CPU; or
+# PARSER-ARGS  passed to the benchmark: -r RUNS -t SECONDS -c CPU -k CASE
+#              -P PROCS (the medians of PROCS fresh processes); or
 #              -p PARSER [-k CASE] [-n ITERS], one parser untimed, a fixed
 #              workload to run under a profiler (see bench/parser.c)
 #
