@@ -66,6 +66,18 @@ kou_http_ctz(uint64_t m)
 #endif
 }
 
+/* Bits s..e-1 of m, s < e <= 64, shifted down to bit 0. */
+static inline uint64_t
+kou_http_bits(uint64_t m, size_t s, size_t e)
+{
+#ifdef __BMI2__
+    /* bzhi clears the bits from e up, e = 64 included */
+    return _bzhi_u64(m, (unsigned) e) >> s;
+#else
+    return (m & ~0ull >> (64 - e)) >> s;
+#endif
+}
+
 /* CR LF at p, p[1] readable: one 16-bit compare once inlined. */
 static inline bool
 kou_http_crlf(const u_char *p)
@@ -404,8 +416,7 @@ kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
          ? KOU_METHOD_GET : kou_http_method_lookup(buf, me);
     if (__builtin_expect(buf[ts] == '/' && id != KOU_METHOD_CONNECT
                          && (__builtin_expect(te <= 64, 1)
-                             ? (m.npath & ~0ull >> (64 - te)
-                                & ~0ull << ts) == 0
+                             ? kou_http_bits(m.npath, ts, te) == 0
                              : span(buf, ts, end, KOU_HTTP_SET_PATH) >= te),
                          1))
     {
