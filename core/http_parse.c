@@ -1265,8 +1265,8 @@ kou_http_parse_general(kou_http_parser_t *p, const u_char *buf, size_t len)
              * byte outside it is at or after the name's end; the empty
              * line that ends the head is found the same way, at ls.
              */
-            line = kou_http_line(k->lines, k->field_line, k->span, k->blocks,
-                                 buf, end, &ln, pos);
+            line = kou_http_line(k->lines, NULL, k->field_line, k->span,
+                                 k->blocks, buf, end, &ln, pos);
             name = line.name;
             pos = line.end;
             if (__builtin_expect(pos + 1 >= end

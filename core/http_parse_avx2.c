@@ -299,6 +299,27 @@ kou_avx2_lines(const u_char *buf, size_t i, size_t e)
     return r;
 }
 
+/*
+ * kou_avx2_lines for the fast path: a whole block's ntc mask only where
+ * the caller needs it or the block ends a line (kou_http_lines_lazy_fn).
+ */
+static inline __attribute__((always_inline)) kou_http_lines_t
+kou_avx2_lines_lazy(const u_char *buf, size_t i, size_t e, bool ntc)
+{
+    kou_avx2_nib_t   lo, hi;
+    kou_http_lines_t r;
+
+    if (e - i < 64) {
+        return kou_avx2_lines(buf, i, e);
+    }
+    lo = kou_avx2_nibbles(kou_avx2_load(buf + i));
+    hi = kou_avx2_nibbles(kou_avx2_load(buf + i + 32));
+    r.bad = ~kou_avx2_out64(lo, hi, 0, 0, KOU_HTTP_SET_FL_BAD);
+    r.ntc = ntc || r.bad != 0
+            ? kou_avx2_out64(lo, hi, 0, 0, KOU_HTTP_SET_TCHAR) : 0;
+    return r;
+}
+
 /* The masks of first from two vectors, bits at or after e filled. */
 static inline __attribute__((always_inline)) kou_http_first_t
 kou_avx2_first2(kou_avx2_nib_t lo, kou_avx2_nib_t hi, unsigned shh,
@@ -351,7 +372,8 @@ static int
 kou_avx2_head(kou_http_parser_t *p, const u_char *buf, size_t len)
 {
     return kou_http_head_fast(p, buf, len, kou_avx2_first, kou_avx2_lines,
-                              kou_avx2_field_line, kou_avx2_span);
+                              kou_avx2_lines_lazy, kou_avx2_field_line,
+                              kou_avx2_span);
 }
 
 const kou_http_kernels_t kou_http_kernels_avx2 = {

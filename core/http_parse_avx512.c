@@ -197,7 +197,7 @@ static int
 kou_512_head(kou_http_parser_t *p, const u_char *buf, size_t len)
 {
     return kou_http_head_fast(p, buf, len, kou_512_first, kou_512_lines,
-                              kou_512_field_line, kou_512_span);
+                              NULL, kou_512_field_line, kou_512_span);
 }
 
 const kou_http_kernels_t kou_http_kernels_avx512 = {
@@ -289,7 +289,7 @@ static KOU_VBMI int
 kou_512vbmi_head(kou_http_parser_t *p, const u_char *buf, size_t len)
 {
     return kou_http_head_fast(p, buf, len, kou_512vbmi_first,
-                              kou_512vbmi_lines, kou_512_field_line,
+                              kou_512vbmi_lines, NULL, kou_512_field_line,
                               kou_512vbmi_span);
 }
 

@@ -232,6 +232,14 @@ typedef kou_http_first_t (*kou_http_first_fn)(const u_char *buf, size_t e);
 typedef kou_http_lines_t (*kou_http_lines_fn)(const u_char *buf, size_t i,
                                               size_t e);
 typedef size_t (*kou_http_scan_fn)(const u_char *buf, size_t i, size_t e);
+/*
+ * lines, where the ntc mask may be left out (any value) when ntc is false
+ * and the block has no bad byte: a block inside a line whose name has
+ * ended, which only the bad mask can end.
+ */
+typedef kou_http_lines_t (*kou_http_lines_lazy_fn)(const u_char *buf,
+                                                   size_t i, size_t e,
+                                                   bool ntc);
 typedef size_t (*kou_http_span_fn)(const u_char *buf, size_t i, size_t e,
                                    unsigned set);
 
@@ -261,9 +269,10 @@ typedef struct {
  * at the latest).
  */
 static inline __attribute__((always_inline)) kou_http_line_t
-kou_http_line_slow(kou_http_lines_fn lines, kou_http_scan_fn field_line,
-                   kou_http_span_fn span, bool blocks, const u_char *buf,
-                   size_t end, kou_http_scan_t *b, size_t i)
+kou_http_line_slow(kou_http_lines_fn lines, kou_http_lines_lazy_fn lazy,
+                   kou_http_scan_fn field_line, kou_http_span_fn span,
+                   bool blocks, const u_char *buf, size_t end,
+                   kou_http_scan_t *b, size_t i)
 {
     kou_http_line_t  r;
     kou_http_lines_t m;
@@ -308,7 +317,12 @@ kou_http_line_slow(kou_http_lines_fn lines, kou_http_scan_fn field_line,
             r.end = field_line(buf, j, end);
             return r;
         }
-        m = lines(buf, j, end);
+        /*
+         * Where the block holds no line end, its ntc mask is never read:
+         * a line that starts in a block ends in it.
+         */
+        m = lazy != NULL ? lazy(buf, j, end, r.name == SIZE_MAX)
+                         : lines(buf, j, end);
         b->base = j;
         b->bad = m.bad;
         b->ntc = m.ntc;
@@ -333,9 +347,10 @@ kou_http_line_slow(kou_http_lines_fn lines, kou_http_scan_fn field_line,
  * for a tier without blocks is left out there.
  */
 static inline __attribute__((always_inline)) kou_http_line_t
-kou_http_line(kou_http_lines_fn lines, kou_http_scan_fn field_line,
-              kou_http_span_fn span, bool blocks, const u_char *buf,
-              size_t end, kou_http_scan_t *b, size_t i)
+kou_http_line(kou_http_lines_fn lines, kou_http_lines_lazy_fn lazy,
+              kou_http_scan_fn field_line, kou_http_span_fn span,
+              bool blocks, const u_char *buf, size_t end,
+              kou_http_scan_t *b, size_t i)
 {
     kou_http_line_t r;
     size_t          off = i - b->base;
@@ -350,8 +365,8 @@ kou_http_line(kou_http_lines_fn lines, kou_http_scan_fn field_line,
         }
     }
     /* inlined too, so that the block stays in registers */
-    return kou_http_line_slow(lines, field_line, span, blocks, buf, end, b,
-                              i);
+    return kou_http_line_slow(lines, lazy, field_line, span, blocks, buf,
+                              end, b, i);
 }
 
 /*
@@ -461,7 +476,8 @@ kou_http_request_fast(kou_http_parser_t *p, const u_char *buf, size_t end,
 static inline __attribute__((always_inline)) int
 kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t len,
                    kou_http_first_fn first, kou_http_lines_fn lines,
-                   kou_http_scan_fn field_line, kou_http_span_fn span)
+                   kou_http_lines_lazy_fn lazy, kou_http_scan_fn field_line,
+                   kou_http_span_fn span)
 {
     /* a byte at offset max_header_block is one too many */
     size_t                    end = kou_min(len,
@@ -481,7 +497,8 @@ kou_http_head_fast(kou_http_parser_t *p, const u_char *buf, size_t len,
 
     for ( ;; ) {
         /* only a tier with blocks comes here: the constant drops the rest */
-        line = kou_http_line(lines, field_line, span, true, buf, end, &b, ls);
+        line = kou_http_line(lines, lazy, field_line, span, true, buf, end,
+                             &b, ls);
         e = line.end;
         name = line.name;
         if (__builtin_expect(e + 1 >= end || !kou_http_crlf(buf + e), 0)) {

@@ -259,7 +259,7 @@ static int
 kou_sse_head(kou_http_parser_t *p, const u_char *buf, size_t len)
 {
     return kou_http_head_fast(p, buf, len, kou_sse_first, kou_sse_lines,
-                              kou_sse_field_line, kou_sse_span);
+                              NULL, kou_sse_field_line, kou_sse_span);
 }
 
 const kou_http_kernels_t kou_http_kernels_sse42 = {
