@@ -55,6 +55,11 @@ typedef struct {
 } kou_http_limits_t;
 
 typedef struct {
+    /*
+     * In an order that lets kou_http_parser_init write what it sets in a
+     * few wide stores: the fields it sets, 16 bytes at a time, come first.
+     */
+
     /* ---- input ---- */
     const kou_http_limits_t *limits;
     kou_header_t *headers;    /* caller's array, limits->max_headers long */
@@ -70,28 +75,28 @@ typedef struct {
      * Until then the slices hold offsets, not pointers: that is what lets
      * the caller move the bytes between calls.
      */
-    kou_str_t method;
     unsigned  method_id;      /* kou_method_e */
-    kou_str_t target;         /* as received */
     unsigned  target_form;    /* kou_target_form_e */
-    /* raw (still percent-encoded); "" for * and authority-form */
-    kou_str_t path;
-    kou_str_t query;          /* after '?', without it; empty if none */
     /*
      * uri-host without port, from the target (absolute or authority form)
      * or from Host
      */
     kou_str_t host;
     kou_str_t port;           /* digits, empty if none */
-    unsigned  version;        /* 10 or 11 (HTTP/1.x with x>1 is 11) */
     size_t    nheaders;
+    size_t    head_len;       /* bytes of request line + fields + final CRLF */
     int64_t   content_length; /* -1 when absent */
+    unsigned  version;        /* 10 or 11 (HTTP/1.x with x>1 is 11) */
     unsigned  chunked:1;          /* Transfer-Encoding: ..., chunked */
     unsigned  conn_close:1;       /* Connection has "close" */
     unsigned  conn_keep_alive:1;  /* Connection has "keep-alive" */
     unsigned  conn_upgrade:1;     /* Connection has "upgrade" */
     unsigned  expect_continue:1;  /* Expect: 100-continue */
-    size_t    head_len;       /* bytes of request line + fields + final CRLF */
+    kou_str_t method;
+    kou_str_t target;         /* as received */
+    /* raw (still percent-encoded); "" for * and authority-form */
+    kou_str_t path;
+    kou_str_t query;          /* after '?', without it; empty if none */
 } kou_http_parser_t;
 
 /*
@@ -116,15 +121,15 @@ kou_http_parser_init(kou_http_parser_t *p, const kou_http_limits_t *lim,
     p->host.n = 0;
     p->port.p = NULL;
     p->port.n = 0;
-    p->version = 0;
     p->nheaders = 0;
+    p->head_len = 0;
     p->content_length = -1;
+    p->version = 0;
     p->chunked = 0;
     p->conn_close = 0;
     p->conn_keep_alive = 0;
     p->conn_upgrade = 0;
     p->expect_continue = 0;
-    p->head_len = 0;
 }
 
 /*
